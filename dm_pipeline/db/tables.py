@@ -1,0 +1,128 @@
+"""SQLAlchemy Core metadata. Alembic owns the schema (migrations/); this mirrors it and `alembic check`
+guards that the two never drift."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Table,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+
+PRIVATE = "dm_private"
+AUDIT = "dm_audit"
+
+metadata = MetaData(naming_convention={
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "pk": "pk_%(table_name)s",
+})
+
+_now = func.now()
+
+dm_history = Table(
+    "dm_history", metadata,
+    Column("account_key", Text, primary_key=True),
+    Column("message_id", Text, primary_key=True),
+    Column("provider", Text, nullable=False),
+    Column("stream_key", Text, nullable=False),
+    Column("conversation_id", Text),
+    Column("event_type", Text, nullable=False),
+    Column("sender_id", Text),
+    Column("recipient_id", Text),
+    Column("participant_ids", ARRAY(Text), nullable=False, server_default=text("'{}'")),
+    Column("created_at", DateTime(timezone=True)),
+    Column("text", Text),
+    Column("media", JSONB),
+    Column("referenced_tweets", JSONB),
+    Column("reply_to_message_id", Text),
+    Column("edit_count", Integer, nullable=False, server_default=text("0")),
+    Column("raw", JSONB, nullable=False),
+    Column("sanitized", Boolean, nullable=False, server_default=text("false")),
+    Column("content_hash", Text, nullable=False),
+    Column("first_seen_run_id", Text, nullable=False),
+    Column("last_changed_run_id", Text, nullable=False),
+    Column("first_seen_at", DateTime(timezone=True), nullable=False, server_default=_now),
+    Column("last_changed_at", DateTime(timezone=True), nullable=False, server_default=_now),
+    schema=PRIVATE,
+)
+
+sync_state = Table(
+    "sync_state", metadata,
+    Column("account_key", Text, primary_key=True),
+    Column("stream_key", Text, primary_key=True),
+    Column("provider", Text, nullable=False),
+    Column("endpoint", Text, nullable=False),
+    Column("high_water_id", Text),
+    # An in-progress pass (ARCHITECTURE.md §2): started_at IS NOT NULL means one is open.
+    Column("pass_started_at", DateTime(timezone=True)),
+    Column("pass_cursor", Text),
+    Column("pass_stop_id", Text),
+    Column("pass_newest_id", Text),
+    Column("pass_pages", Integer, nullable=False, server_default=text("0")),
+    Column("pass_sweep", Boolean, nullable=False, server_default=text("false")),
+    Column("last_success_at", DateTime(timezone=True)),
+    Column("last_status", Text),
+    Column("last_error_code", Text),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=_now),
+    schema=PRIVATE,
+)
+
+oauth_tokens = Table(
+    "oauth_tokens", metadata,
+    Column("account_key", Text, primary_key=True),
+    Column("provider", Text, nullable=False),
+    Column("access_token_enc", LargeBinary, nullable=False),
+    Column("refresh_token_enc", LargeBinary),
+    Column("expires_at", DateTime(timezone=True)),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=_now),
+    schema=PRIVATE,
+)
+
+dm_sync_audit = Table(
+    "dm_sync_audit", metadata,
+    Column("audit_id", BigInteger, primary_key=True, autoincrement=True),
+    Column("run_id", Text, nullable=False),
+    Column("account_key", Text, nullable=False),
+    Column("provider", Text, nullable=False),
+    Column("stream_key", Text, nullable=False),
+    Column("endpoint", Text),
+    Column("row_kind", Text, nullable=False),      # 'page' (one per page fetched) or 'job' (terminal status)
+    Column("page_seq", Integer),
+    Column("cursor_in", Text),
+    Column("cursor_out", Text),
+    Column("has_next_page", Boolean),
+    Column("http_status", Integer),
+    Column("requests", Integer, nullable=False, server_default=text("0")),
+    Column("events_received", Integer, nullable=False, server_default=text("0")),
+    Column("events_inserted", Integer, nullable=False, server_default=text("0")),
+    Column("events_updated", Integer, nullable=False, server_default=text("0")),
+    Column("message_ids", ARRAY(Text), nullable=False, server_default=text("'{}'")),
+    Column("media_refs", ARRAY(Text), nullable=False, server_default=text("'{}'")),
+    Column("newest_id", Text),
+    Column("oldest_id", Text),
+    Column("job_status", Text, nullable=False),
+    Column("error_code", Text),
+    Column("gap_suspected", Boolean, nullable=False, server_default=text("false")),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True), nullable=False, server_default=_now),
+    CheckConstraint("row_kind IN ('page', 'job')", name="row_kind"),
+    schema=AUDIT,
+)
+
+Index(None, dm_history.c.account_key, dm_history.c.conversation_id, dm_history.c.created_at)
+Index(None, dm_history.c.created_at)
+Index(None, dm_sync_audit.c.account_key, dm_sync_audit.c.stream_key, dm_sync_audit.c.finished_at)
+Index(None, dm_sync_audit.c.run_id)

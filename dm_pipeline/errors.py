@@ -1,0 +1,79 @@
+"""Typed errors. Messages carry codes, IDs and HTTP statuses only: never message text, never tokens."""
+
+from __future__ import annotations
+
+
+class DmPipelineError(Exception):
+    """Base of every error this package raises on purpose."""
+
+    error_code = "error"
+
+
+class ConfigError(DmPipelineError):
+    """Bad configuration: the message names the file, the key and the fix."""
+
+    error_code = "config_error"
+
+
+class DatabaseUnavailable(DmPipelineError):
+    error_code = "database_unavailable"
+
+
+class ProviderError(DmPipelineError):
+    """A provider answered with something we cannot use. `error_code` lands in the audit row."""
+
+    error_code = "provider_error"
+    retryable = False
+
+    def __init__(self, message: str, *, http_status: int | None = None, error_code: str | None = None,
+                 requests: int = 1) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+        self.requests = requests
+        if error_code:
+            self.error_code = error_code
+
+
+class TransientProviderError(ProviderError):
+    """429, 503, connection errors and timeouts: the only failures worth retrying."""
+
+    error_code = "transient"
+    retryable = True
+
+    def __init__(self, message: str, *, wait_hint_s: float | None = None, **kw: object) -> None:
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        self.wait_hint_s = wait_hint_s
+
+
+class RateLimited(ProviderError):
+    """The wait the provider asks for does not fit the run's budget: park the pass, retry next run."""
+
+    error_code = "rate_limited"
+
+    def __init__(self, message: str, *, wait_s: float, **kw: object) -> None:
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        self.wait_s = wait_s
+
+
+class AuthError(ProviderError):
+    error_code = "unauthorized"
+
+
+class InvalidCursor(ProviderError):
+    """The provider no longer accepts the stored cursor: the pass restarts from the top."""
+
+    error_code = "invalid_cursor"
+
+
+class MalformedResponse(ProviderError):
+    error_code = "malformed_response"
+
+
+class InvalidIdentifier(DmPipelineError):
+    """A user or conversation ID that does not match the provider's pattern; never put in a URL."""
+
+    error_code = "invalid_identifier"
+
+
+class CursorLoop(DmPipelineError):
+    error_code = "cursor_loop"

@@ -1,0 +1,123 @@
+"""Frozen value objects passed between the provider clients, the sync engine and the database layer."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+class Provider(enum.StrEnum):
+    X = "x"
+    XQUIK = "xquik"
+    GETXAPI = "getxapi"
+
+
+class StreamStatus(enum.StrEnum):
+    SUCCEEDED = "succeeded"          # pass finished: high-water mark advanced
+    PARTIAL = "partial"              # page/time budget spent: the pass is parked, next run resumes it
+    RATE_LIMITED = "rate_limited"    # the provider's wait exceeds the budget: parked, not failed
+    FAILED = "failed"                # typed provider error: committed pages kept, pass kept
+    SKIPPED_LOCKED = "skipped_locked"  # another run holds this account x stream
+
+
+@dataclass(frozen=True)
+class Account:
+    key: str                  # partition key, e.g. "x-alice"
+    provider: Provider
+    user_id: str              # numeric ID of the connected account at the provider
+    base_url: str
+    token_env: str | None     # name of the environment variable holding the access token
+    page_size: int = 100
+
+
+@dataclass(frozen=True)
+class Stream:
+    """One independently-cursored sequence of events of an account (an endpoint + its path values)."""
+
+    key: str                  # stable name in sync_state, e.g. "dm_events"
+    endpoint: str             # path template, for the audit, e.g. "/2/dm_events"
+    path: str                 # the validated concrete path
+    retention_window_days: int | None = None   # /2/dm_events only returns 30 days
+
+
+@dataclass(frozen=True)
+class EventRow:
+    """One normalized DM event: the columns of dm_private.dm_history that come from the provider."""
+
+    message_id: str
+    conversation_id: str | None
+    event_type: str
+    sender_id: str | None
+    recipient_id: str | None
+    participant_ids: tuple[str, ...]
+    created_at: datetime | None
+    text: str | None
+    media: list[dict[str, Any]] | None
+    referenced_tweets: list[dict[str, Any]] | None
+    reply_to_message_id: str | None
+    edit_count: int
+    raw: dict[str, Any]
+    sanitized: bool           # text or raw had characters Postgres refuses (NUL): replaced, flagged
+    content_hash: str         # sha256 over the normalized content: unchanged re-fetches write nothing
+
+    @property
+    def id_int(self) -> int:
+        return int(self.message_id)
+
+
+@dataclass(frozen=True)
+class RateLimitInfo:
+    limit: int | None
+    remaining: int | None
+    reset_at: float | None    # Unix epoch seconds
+
+
+@dataclass(frozen=True)
+class Page:
+    events: tuple[EventRow, ...]
+    next_cursor: str | None
+    http_status: int
+    requests: int             # HTTP requests spent on this page, retries included
+    rate_limit: RateLimitInfo | None = None
+    users: tuple[dict[str, Any], ...] = ()
+
+
+@dataclass
+class StreamResult:
+    account_key: str
+    stream_key: str
+    status: StreamStatus = StreamStatus.SUCCEEDED
+    pages: int = 0
+    requests: int = 0
+    received: int = 0
+    inserted: int = 0
+    updated: int = 0
+    high_water_id: str | None = None
+    pass_cursor: str | None = None
+    error_code: str | None = None
+    http_status: int | None = None
+    gap_suspected: bool = False
+
+    @property
+    def unchanged(self) -> int:
+        return self.received - self.inserted - self.updated
+
+
+@dataclass
+class SyncResult:
+    account_key: str
+    provider: str
+    run_id: str
+    streams: list[StreamResult] = field(default_factory=list)
+
+    @property
+    def status(self) -> StreamStatus:
+        order = [StreamStatus.FAILED, StreamStatus.RATE_LIMITED, StreamStatus.PARTIAL,
+                 StreamStatus.SKIPPED_LOCKED, StreamStatus.SUCCEEDED]
+        statuses = {s.status for s in self.streams}
+        return next((s for s in order if s in statuses), StreamStatus.SUCCEEDED)
+
+    def total(self, attr: str) -> int:
+        return sum(int(getattr(s, attr)) for s in self.streams)

@@ -1,0 +1,39 @@
+"""The one place that reads the environment.
+
+Everything has a default that makes the project run on a fresh machine: an embedded Postgres under
+`.dm_pipeline/` and the provider simulator. Production sets `DATABASE_URL` and a real accounts file.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path                   # local state: embedded Postgres data, Dagster artefacts
+    database_url: str | None     # None means: use the embedded server
+    accounts_file: Path
+    simulator_port: int
+    page_budget: int             # pages per stream per run; a spent budget parks the pass
+    time_budget_s: float         # wall time per account per run, incl. rate-limit waits
+
+    @property
+    def pgdata(self) -> Path:
+        return self.home / "pgdata"
+
+
+def load_settings() -> Settings:
+    home = Path(os.environ.get("DM_PIPELINE_HOME", PROJECT_ROOT / ".dm_pipeline")).resolve()
+    return Settings(
+        home=home,
+        database_url=os.environ.get("DATABASE_URL") or None,
+        accounts_file=Path(os.environ.get("DM_PIPELINE_ACCOUNTS", PROJECT_ROOT / "config" / "accounts.yaml")),
+        simulator_port=int(os.environ.get("DM_SIMULATOR_PORT", "8765")),
+        page_budget=int(os.environ.get("DM_PIPELINE_PAGE_BUDGET", "10000")),
+        time_budget_s=float(os.environ.get("DM_PIPELINE_TIME_BUDGET_S", "600")),
+    )
