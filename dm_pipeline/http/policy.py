@@ -1,0 +1,113 @@
+"""The one HTTP policy for every provider: what is retried, how long to wait, when to park.
+
+Retried: 429, 503, connection errors and timeouts, nothing else. Waits honour `Retry-After` and
+`x-rate-limit-reset`, else exponential backoff with jitter (tenacity). A wait that does not fit the
+run's remaining budget raises `RateLimited`, so the pass is parked and the run ends `rate_limited`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import httpx
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+
+from dm_pipeline.errors import ProviderError, RateLimited, TransientProviderError
+from dm_pipeline.http.ratelimit import Governor, parse_rate_limit, wait_hint
+from dm_pipeline.models import RateLimitInfo
+
+RETRYABLE_STATUS = frozenset({429, 503})
+ErrorMapper = Callable[[httpx.Response], ProviderError]
+
+
+@dataclass
+class Budget:
+    """How much wall time this run may still spend on an account (rate-limit waits included)."""
+
+    deadline: float  # time.monotonic() value
+
+    @classmethod
+    def of(cls, seconds: float) -> Budget:
+        return cls(time.monotonic() + seconds)
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+
+@dataclass
+class RetryPolicy:
+    max_attempts: int = 6
+    initial_backoff_s: float = 0.5
+    max_backoff_s: float = 8.0
+    max_hinted_wait_s: float = 900.0   # a provider-requested wait longer than this is never slept
+    sleep: Callable[[float], None] = field(default=time.sleep)
+
+    def backoff(self) -> wait_exponential_jitter:
+        return wait_exponential_jitter(initial=self.initial_backoff_s, max=self.max_backoff_s, jitter=0.5)
+
+
+@dataclass(frozen=True)
+class Sent:
+    response: httpx.Response
+    requests: int
+    rate_limit: RateLimitInfo | None
+
+
+def send(client: httpx.Client, request: httpx.Request, *, map_error: ErrorMapper, policy: RetryPolicy,
+         budget: Budget, governor: Governor | None = None) -> Sent:
+    """Send `request` under the policy. Returns the 2xx response or raises a typed ProviderError."""
+    attempts = 0
+    backoff = policy.backoff()
+
+    def wait(state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        hinted = exc.wait_hint_s if isinstance(exc, TransientProviderError) else None
+        delay = hinted if hinted is not None else backoff(state)
+        if delay > min(policy.max_hinted_wait_s, budget.remaining()):
+            status = exc.http_status if isinstance(exc, ProviderError) else None
+            raise RateLimited(f"provider asks to wait {delay:.0f}s, more than the run's budget",
+                              wait_s=delay, http_status=status, requests=attempts)
+        return delay
+
+    def attempt() -> Sent:
+        nonlocal attempts
+        if governor is not None:
+            pause = governor.wait_before_next(time.time())
+            if pause > 0:
+                if pause > min(policy.max_hinted_wait_s, budget.remaining()):
+                    raise RateLimited(f"rate-limit window exhausted for {pause:.0f}s", wait_s=pause,
+                                      requests=attempts)
+                policy.sleep(pause)
+        attempts += 1
+        try:
+            response = client.send(request)
+        except httpx.TransportError as exc:
+            raise TransientProviderError(f"{type(exc).__name__} talking to {request.url.host}",
+                                         error_code="transport_error", requests=attempts) from None
+        info = parse_rate_limit(response.headers)
+        if governor is not None:
+            governor.observe(info)
+        if response.is_success:
+            return Sent(response, attempts, info)
+        if response.status_code in RETRYABLE_STATUS:
+            code = "rate_limited" if response.status_code == 429 else "service_unavailable"
+            raise TransientProviderError(f"HTTP {response.status_code} from {request.url.host}",
+                                         wait_hint_s=wait_hint(response.headers, time.time()),
+                                         http_status=response.status_code, error_code=code, requests=attempts)
+        error = map_error(response)
+        error.requests = attempts
+        raise error
+
+    retrying = Retrying(retry=retry_if_exception_type(TransientProviderError),
+                        stop=stop_after_attempt(policy.max_attempts), wait=wait, sleep=policy.sleep,
+                        reraise=True)
+    try:
+        return retrying(attempt)
+    except TransientProviderError as exc:
+        exc.requests = attempts
+        if exc.http_status == 429:  # still limited after every retry: park, do not fail
+            raise RateLimited(str(exc), wait_s=exc.wait_hint_s or 0.0, http_status=429,
+                              requests=attempts) from None
+        raise

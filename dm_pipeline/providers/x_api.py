@@ -1,0 +1,154 @@
+"""X API v2 Direct Messages lookup: `GET /2/dm_events` (seed 002, spec x-api-v2-dm-openapi.json).
+
+Endpoints, parameters, response parsing into `Page`, and the pure normalizer `normalize_event`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from dm_pipeline.errors import AuthError, InvalidCursor, MalformedResponse, ProviderError
+from dm_pipeline.http.policy import Budget, RetryPolicy, send
+from dm_pipeline.http.ratelimit import Governor
+from dm_pipeline.models import Account, EventRow, Page, Stream
+from dm_pipeline.providers.base import (
+    USER_ID_RE,
+    content_hash,
+    parse_timestamp,
+    sanitize,
+    validate_id,
+)
+
+# Every field and expansion the lookup endpoints offer (spec v2.159): we keep the full event.
+DM_EVENT_FIELDS = ("attachments,created_at,dm_conversation_id,entities,event_type,id,participant_ids,"
+                   "referenced_tweets,sender_id,text")
+EXPANSIONS = "attachments.media_keys,participant_ids,referenced_tweets.id,sender_id"
+MEDIA_FIELDS = "alt_text,duration_ms,height,media_key,preview_image_url,type,url,variants,width"
+USER_FIELDS = "created_at,id,name,profile_image_url,protected,username,verified"
+TWEET_FIELDS = "author_id,created_at,id,text"
+
+CONVERSATION_ID_RE = re.compile(r"^([0-9]{1,19}-[0-9]{1,19}|[0-9]{15,19})$")
+INBOX = Stream(key="dm_events", endpoint="/2/dm_events", path="/2/dm_events", retention_window_days=30)
+
+
+def _problem(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def map_error(response: httpx.Response) -> ProviderError:
+    """A non-retryable X error to a typed error. Only the problem's fixed `type`/`title` are quoted:
+    `detail` and bodies can echo request values, so they never reach a message."""
+    status = response.status_code
+    body = _problem(response)
+    ptype = str(body.get("type") or "")
+    title = str(body.get("title") or "")[:80]
+    slug = ptype.rsplit("/", 1)[-1].replace("-", "_") if "/problems/" in ptype else ""
+    if status == 400 and any("pagination_token" in (e.get("parameters") or {}) for e in body.get("errors") or []
+                             if isinstance(e, dict)):
+        return InvalidCursor("X rejected the stored pagination_token", http_status=400)
+    if status == 401:
+        return AuthError(f"X API 401 {title or 'Unauthorized'}", http_status=401, error_code="unauthorized")
+    code = slug or {400: "invalid_request", 403: "forbidden", 404: "not_found"}.get(status, f"http_{status}")
+    return ProviderError(f"X API {status} {title}".strip(), http_status=status, error_code=code)
+
+
+def normalize_event(event: dict[str, Any], includes: dict[str, Any], account_user_id: str,
+                    stream_key: str) -> EventRow:
+    """Pure: one `DmEvent` plus the page's `includes` to one dm_history row."""
+    raw, dirty = sanitize(event)
+    message_id = raw.get("id")
+    event_type = raw.get("event_type")
+    if not isinstance(message_id, str) or not message_id.isdigit() or not isinstance(event_type, str):
+        raise MalformedResponse("X event without a numeric `id` or an `event_type`")
+    conversation_id = raw.get("dm_conversation_id")
+    sender_id = raw.get("sender_id")
+    participants = tuple(str(p) for p in raw.get("participant_ids") or ())
+    recipient_id = None
+    if isinstance(conversation_id, str) and "-" in conversation_id and sender_id:
+        # A 1:1 conversation ID is "{smaller}-{larger}": the recipient is the other one.
+        a, _, b = conversation_id.partition("-")
+        recipient_id = b if sender_id == a else a if sender_id == b else None
+    media_by_key = {m.get("media_key"): m for m in includes.get("media") or () if isinstance(m, dict)}
+    keys = (raw.get("attachments") or {}).get("media_keys") or []
+    media = [sanitize(media_by_key.get(k, {"media_key": k}))[0] for k in keys] or None
+    referenced = raw.get("referenced_tweets") or None
+    text = raw.get("text") if isinstance(raw.get("text"), str) else None
+    content = {"event": raw, "media": media}
+    return EventRow(
+        message_id=message_id, conversation_id=conversation_id, event_type=event_type,
+        sender_id=sender_id, recipient_id=recipient_id, participant_ids=participants,
+        created_at=parse_timestamp(raw.get("created_at")), text=text, media=media,
+        referenced_tweets=referenced, reply_to_message_id=None, edit_count=0, raw=raw, sanitized=dirty,
+        content_hash=content_hash(content),
+    )
+
+
+def parse_page(body: Any, account_user_id: str, stream_key: str) -> tuple[list[EventRow], str | None,
+                                                                           list[dict[str, Any]]]:
+    if not isinstance(body, dict):
+        raise MalformedResponse("X response is not a JSON object")
+    data = body.get("data") or []  # an empty page omits `data` (spec: minItems 1)
+    includes = body.get("includes") or {}
+    meta = body.get("meta") or {}
+    if not isinstance(data, list) or not isinstance(includes, dict) or not isinstance(meta, dict):
+        raise MalformedResponse("X response has `data`, `includes` or `meta` of the wrong type")
+    events = [normalize_event(e, includes, account_user_id, stream_key) for e in data if isinstance(e, dict)]
+    if len(events) != len(data):
+        raise MalformedResponse("X response `data` holds a non-object")
+    next_token = meta.get("next_token")
+    users = [sanitize(u)[0] for u in includes.get("users") or () if isinstance(u, dict)]
+    return events, (next_token if isinstance(next_token, str) and next_token else None), users
+
+
+class XClient:
+    """Talks to one account's X API (or the simulator) with its OAuth 2.0 user token."""
+
+    def __init__(self, account: Account, http: httpx.Client, token: Callable[[], str],
+                 policy: RetryPolicy | None = None, governor: Governor | None = None) -> None:
+        validate_id(account.user_id, USER_ID_RE, "user_id")
+        self.account = account
+        self._http = http
+        self._token = token
+        self._policy = policy or RetryPolicy()
+        self._governor = governor or Governor()
+
+    def streams(self) -> list[Stream]:
+        return [INBOX]
+
+    def _params(self, cursor: str | None) -> dict[str, str]:
+        params = {
+            "dm_event.fields": DM_EVENT_FIELDS, "expansions": EXPANSIONS, "media.fields": MEDIA_FIELDS,
+            "user.fields": USER_FIELDS, "tweet.fields": TWEET_FIELDS,
+            "max_results": str(self.account.page_size),
+        }
+        if cursor:
+            params["pagination_token"] = cursor
+        return params
+
+    def fetch_page(self, stream: Stream, cursor: str | None, budget: Budget) -> Page:
+        request = self._http.build_request(
+            "GET", self.account.base_url + stream.path, params=self._params(cursor),
+            headers={"Authorization": f"Bearer {self._token()}", "Accept": "application/json"},
+        )
+        sent = send(self._http, request, map_error=map_error, policy=self._policy, budget=budget,
+                    governor=self._governor)
+        try:
+            body = sent.response.json()
+        except ValueError:
+            raise MalformedResponse("X response is not valid JSON", http_status=sent.response.status_code,
+                                    requests=sent.requests) from None
+        try:
+            events, next_cursor, users = parse_page(body, self.account.user_id, stream.key)
+        except MalformedResponse as exc:
+            exc.http_status, exc.requests = sent.response.status_code, sent.requests
+            raise
+        return Page(events=tuple(events), next_cursor=next_cursor, http_status=sent.response.status_code,
+                    requests=sent.requests, rate_limit=sent.rate_limit, users=tuple(users))
