@@ -1,0 +1,52 @@
+"""Dagster resources: the warehouse (a URL from `EnvVar`) and the providers (accounts file + tokens).
+
+Tokens never pass through run config: each account names an environment variable, read through
+`dagster.EnvVar` at run time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+from sqlalchemy import Engine
+
+from dm_pipeline.accounts import load_accounts
+from dm_pipeline.db.engine import get_engine, normalize_url
+from dm_pipeline.errors import ConfigError
+from dm_pipeline.models import Account
+from dm_pipeline.settings import load_settings
+
+
+def env_var_token(name: str) -> str | None:
+    return dg.EnvVar(name).get_value()
+
+
+class WarehouseResource(dg.ConfigurableResource):  # type: ignore[type-arg]
+    """The Postgres warehouse. `dm-pipeline run` and `make dev` export DATABASE_URL (the embedded
+    server's, unless you set your own)."""
+
+    database_url: str
+
+    def engine(self) -> Engine:
+        return get_engine(normalize_url(self.database_url).render_as_string(hide_password=False))
+
+
+class ProvidersResource(dg.ConfigurableResource):  # type: ignore[type-arg]
+    """Where the accounts are declared; default `$DM_PIPELINE_ACCOUNTS` or config/accounts.yaml."""
+
+    accounts_file: str | None = None
+    http_timeout_s: float = 30.0
+
+    def accounts_path(self) -> Path:
+        return Path(self.accounts_file) if self.accounts_file else load_settings().accounts_file
+
+    def accounts(self) -> list[Account]:
+        return load_accounts(self.accounts_path())
+
+    def account(self, key: str) -> Account:
+        for account in self.accounts():
+            if account.key == key:
+                return account
+        raise ConfigError(f"account {key!r} is not in {self.accounts_path()}; its partition is stale. "
+                          "Fix: add it back to the accounts file, or delete the partition in the UI")
