@@ -1,0 +1,37 @@
+# Two commands matter: `make run` (the main job on embedded defaults) and `make test` (the whole suite).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install run test dev lint clean db-stop
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python >= 3.11 is required (found: $$($(PYTHON) --version))"; exit 2; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(BIN)/dm-pipeline run
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+dev: install
+	eval "$$($(BIN)/dm-pipeline db env)" && exec $(BIN)/dagster dev -w workspace.yaml
+
+lint: install
+	$(BIN)/ruff check dm_pipeline tests migrations
+	$(BIN)/mypy
+
+db-stop: install
+	$(BIN)/dm-pipeline db stop
+
+clean: db-stop
+	rm -rf .dm_pipeline $(VENV)

@@ -1,0 +1,78 @@
+"""Shared fixtures: a real embedded Postgres (one per session, a fresh database per test, cloned from a
+migrated template) and the provider simulator over real loopback HTTP."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import URL, Engine, create_engine, text
+
+from dm_pipeline.db.engine import ensure_database, start_embedded
+from dm_pipeline.db.migrate import upgrade
+from dm_pipeline.models import Account, Provider
+from dm_pipeline.settings import PROJECT_ROOT
+
+TEMPLATE_DB = "dm_test_template"
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> URL:
+    """The embedded server dedicated to tests (its own data directory), with a migrated template DB."""
+    pgdata = Path(os.environ.get("DM_TEST_PGDATA", PROJECT_ROOT / ".dm_pipeline" / "test-pgdata"))
+    base = start_embedded(pgdata)
+    admin = create_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{TEMPLATE_DB}" WITH (FORCE)'))
+    admin.dispose()
+    template = ensure_database(base, TEMPLATE_DB)
+    upgrade(template.render_as_string(hide_password=False))
+    return base
+
+
+@pytest.fixture
+def db_url(pg_server: URL) -> Iterator[str]:
+    """A fresh, migrated database for one test."""
+    name = f"dm_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(pg_server.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE_DB}"'))
+    yield pg_server.set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    eng = create_engine(db_url)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def world():  # type: ignore[no-untyped-def]
+    from dm_pipeline.simulator import World
+
+    return World(seed=11)
+
+
+@pytest.fixture
+def sim(world):  # type: ignore[no-untyped-def]
+    from dm_pipeline.simulator import Simulator
+
+    with Simulator(world, rate_limit=100_000) as server:
+        yield server
+
+
+def sim_account(sim, user_id: str, monkeypatch: pytest.MonkeyPatch, page_size: int = 50,  # type: ignore[no-untyped-def]
+                key: str | None = None) -> Account:
+    """An Account that talks to the simulator, its token exported under its own env var."""
+    key = key or f"x-{user_id[-6:]}"
+    env = f"DM_TEST_TOKEN_{user_id}"
+    monkeypatch.setenv(env, sim.world.token_for(user_id))
+    return Account(key=key, provider=Provider.X, user_id=user_id, base_url=sim.url, token_env=env,
+                   page_size=page_size)
