@@ -77,7 +77,10 @@ def _walk(engine: Engine, client: ProviderClient, stream: Stream, run_id: str, l
           budget: Budget, res: StreamResult, on_page: PageHook | None) -> StreamState:
     with engine.connect() as conn:
         state = writes.read_state(conn, client.account.key, stream.key)
-    if not state.pass_open or (limits.sweep and not state.pass_sweep):
+    # A pass left open by an earlier run is finished first; then one fresh pass picks up whatever
+    # arrived meanwhile, so a run always ends current (when its budget allows).
+    resumed = state.pass_open and not (limits.sweep and not state.pass_sweep)
+    if not resumed:
         state = state.start_pass(sweep=limits.sweep)
     seen_cursors = {state.pass_cursor} if state.pass_cursor else set()
     empty_streak = 0
@@ -141,6 +144,11 @@ def _walk(engine: Engine, client: ProviderClient, stream: Stream, run_id: str, l
         if empty_streak > limits.max_empty_pages:
             err = ProviderError("too many consecutive empty pages", error_code="empty_page_loop")
             return _fail(res, err, state)
+        if done and resumed:
+            resumed, restarted = False, False
+            state = state.start_pass(sweep=False)
+            seen_cursors.clear()
+            continue
         if done:
             res.status = StreamStatus.SUCCEEDED
             return state

@@ -87,14 +87,16 @@ def send(client: httpx.Client, request: httpx.Request, *, map_error: ErrorMapper
             raise TransientProviderError(f"{type(exc).__name__} talking to {request.url.host}",
                                          error_code="transport_error", requests=attempts) from None
         info = parse_rate_limit(response.headers)
-        if governor is not None:
-            governor.observe(info)
         if response.is_success:
+            # Only a success informs the governor: on a 429, Retry-After (else the reset) rules the retry.
+            if governor is not None:
+                governor.observe(info)
             return Sent(response, attempts, info)
         if response.status_code in RETRYABLE_STATUS:
             code = "rate_limited" if response.status_code == 429 else "service_unavailable"
             raise TransientProviderError(f"HTTP {response.status_code} from {request.url.host}",
-                                         wait_hint_s=wait_hint(response.headers, time.time()),
+                                         wait_hint_s=wait_hint(response.headers, time.time(),
+                                                             use_reset=response.status_code == 429),
                                          http_status=response.status_code, error_code=code, requests=attempts)
         error = map_error(response)
         error.requests = attempts

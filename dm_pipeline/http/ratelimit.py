@@ -25,8 +25,9 @@ def parse_rate_limit(headers: Mapping[str, str]) -> RateLimitInfo | None:
     return RateLimitInfo(limit=limit, remaining=remaining, reset_at=float(reset) if reset is not None else None)
 
 
-def wait_hint(headers: Mapping[str, str], now: float) -> float | None:
-    """Seconds the provider asks us to wait: `Retry-After` (seconds) first, else `x-rate-limit-reset`."""
+def wait_hint(headers: Mapping[str, str], now: float, *, use_reset: bool = True) -> float | None:
+    """Seconds the provider asks us to wait: `Retry-After` (seconds) first, else (for a 429 only)
+    `x-rate-limit-reset`, which describes the rate window and says nothing about a 503."""
     retry_after = headers.get("retry-after")
     if retry_after is not None:
         try:
@@ -34,7 +35,7 @@ def wait_hint(headers: Mapping[str, str], now: float) -> float | None:
         except ValueError:
             pass  # an HTTP-date: fall through to the reset header
     reset = _int(headers, "x-rate-limit-reset")
-    if reset is not None:
+    if use_reset and reset is not None:
         return max(0.0, reset - now)
     return None
 
