@@ -17,7 +17,7 @@ from dm_pipeline.errors import ConfigError, DatabaseUnavailable, InvalidIdentifi
 from dm_pipeline.settings import load_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
-out = Console(highlight=False)
+out = Console(highlight=False, width=max(120, Console().width))
 err = Console(stderr=True, highlight=False)
 
 

@@ -21,6 +21,8 @@ from dm_pipeline.models import Account
 from dm_pipeline.settings import Settings, load_settings
 
 SIM_SEED = 7
+# The event log keeps every event; the terminal shows only warnings, then our summary.
+QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 @dataclass(frozen=True)
@@ -89,8 +91,8 @@ SELECT account_key,
        count(*)                                    AS events,
        count(DISTINCT conversation_id)             AS conversations,
        count(*) FILTER (WHERE media IS NOT NULL)   AS with_media,
-       min(created_at)                             AS first_event,
-       max(created_at)                             AS last_event
+       to_char(min(created_at), 'YYYY-MM-DD HH24:MI')   AS first_event,
+       to_char(max(created_at), 'YYYY-MM-DD HH24:MI')   AS last_event
 FROM dm_private.dm_history
 GROUP BY account_key ORDER BY account_key"""
 
@@ -128,7 +130,8 @@ def run_main_job(settings: Settings | None = None, only: list[str] | None = None
         job = defs.resolve_job_def("dm_sync_job")
         for account in accounts:
             result = job.execute_in_process(partition_key=account.key, instance=instance, raise_on_error=False,
-                                            tags={"dm_pipeline/trigger": "dm-pipeline run"})
+                                            tags={"dm_pipeline/trigger": "dm-pipeline run"},
+                                            run_config=QUIET_CONSOLE)
             runs[account.key] = (result.run_id, result.success)
     return MainJobResult(runs=runs, streams=summarize(engine, [r for r, _ in runs.values()]),
                          analyst=analyst_rows(engine))

@@ -45,8 +45,8 @@ dm_history = Table(
     Column("participant_ids", ARRAY(Text), nullable=False, server_default=text("'{}'")),
     Column("created_at", DateTime(timezone=True)),
     Column("text", Text),
-    Column("media", JSONB),
-    Column("referenced_tweets", JSONB),
+    Column("media", JSONB(none_as_null=True)),  # SQL NULL, not JSON null: `media IS NULL` works
+    Column("referenced_tweets", JSONB(none_as_null=True)),
     Column("reply_to_message_id", Text),
     Column("edit_count", Integer, nullable=False, server_default=text("0")),
     Column("raw", JSONB, nullable=False),
