@@ -14,6 +14,10 @@ from dm_pipeline.settings import load_settings
 from dm_pipeline.sync import RunLimits, sync_account
 
 
+# Failures worth the asset's RetryPolicy; a 403 or a bad token will not heal in five seconds.
+TRANSIENT_CODES = frozenset({"service_unavailable", "transport_error", "malformed_response"})
+
+
 class SyncConfig(dg.Config):
     sweep: bool = False            # re-walk whole streams to refresh edits (still checkpointed per page)
     max_pages: int | None = None   # per stream; default from settings
@@ -63,7 +67,8 @@ def dm_history_assets(context: dg.AssetExecutionContext, config: SyncConfig, war
     if result.status is StreamStatus.FAILED:
         codes = sorted({s.error_code or "error" for s in result.streams if s.status is StreamStatus.FAILED})
         raise dg.Failure(description=f"sync of {account.key} failed: {', '.join(codes)} "
-                                     "(committed pages are kept; the next run resumes)", metadata=metadata)
+                                     "(committed pages are kept; the next run resumes)", metadata=metadata,
+                         allow_retries=set(codes) <= TRANSIENT_CODES)
     yield dg.MaterializeResult(asset_key="dm_history", metadata=metadata)
     yield dg.MaterializeResult(asset_key="dm_sync_audit", metadata={
         "pages": metadata["pages"], "status": metadata["status"]})

@@ -1,0 +1,90 @@
+"""The Dagster layer: definitions load, and a partitioned run materializes dm_history for an account
+against the real database and the simulator, with counts-only metadata."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import dagster as dg
+import pytest
+
+from dm_pipeline.definitions import defs
+from dm_pipeline.defs.partitions import accounts_partitions
+from dm_pipeline.defs.resources import WarehouseResource
+from dm_pipeline.settings import PROJECT_ROOT
+from tests.conftest import sim_account
+from tests.integration.helpers import assert_equals_truth
+
+
+def test_definitions_load_through_the_workspace_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # What `dagster dev -w workspace.yaml` loads; a throwaway DAGSTER_HOME keeps the instance out of it.
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", "dagster", "definitions", "validate", "-w", "workspace.yaml"],
+                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=180, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.fixture
+def accounts_file(tmp_path, sim, monkeypatch):  # type: ignore[no-untyped-def]
+    accounts = [sim_account(sim, uid, monkeypatch, key=f"acct-{i}") for i, uid in enumerate(sim.world.accounts())]
+    path = tmp_path / "accounts.yaml"
+    path.write_text("accounts:\n" + "".join(
+        f"  - key: {a.key}\n    provider: x\n    user_id: \"{a.user_id}\"\n    base_url: {a.base_url}\n"
+        f"    token_env: {a.token_env}\n    page_size: {a.page_size}\n" for a in accounts))
+    monkeypatch.setenv("DM_PIPELINE_ACCOUNTS", str(path))
+    return accounts
+
+
+def _run(key: str, db_url: str, instance: dg.DagsterInstance, **config: object) -> dg.ExecuteInProcessResult:
+    job = defs.resolve_job_def("dm_sync_job")
+    return job.execute_in_process(
+        partition_key=key, instance=instance, raise_on_error=False,
+        resources={"warehouse": WarehouseResource(database_url=db_url)},
+        run_config={"ops": {"dm_history_assets": {"config": config}}} if config else None)
+
+
+def test_a_partitioned_run_materializes_the_account(engine, db_url, sim, accounts_file) -> None:  # type: ignore[no-untyped-def]
+    account = accounts_file[0]
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(accounts_partitions.name, [a.key for a in accounts_file])
+        result = _run(account.key, db_url, instance)
+        assert result.success
+        assert_equals_truth(engine, account.key, sim.world.truth(account.user_id))
+        mats = result.asset_materializations_for_node("dm_history_assets")
+        assert {m.asset_key.to_user_string() for m in mats} == {"dm_history", "dm_sync_audit"}
+        md = next(m for m in mats if m.asset_key.to_user_string() == "dm_history").metadata
+        assert md["events_inserted"].value == len(sim.world.truth(account.user_id))
+        assert md["status"].value == "succeeded"
+        texts = [e["text"] for e in sim.world.truth(account.user_id) if e.get("text")]
+        blob = str({k: v.value for k, v in md.items()})
+        assert not any(t in blob for t in texts if len(t) >= 6)
+
+        again = _run(account.key, db_url, instance)
+        md2 = again.asset_materializations_for_node("dm_history_assets")[0].metadata
+        assert (md2["events_inserted"].value, md2["requests"].value) == (0, 1)
+
+
+def test_a_failed_sync_fails_the_run_with_its_error_code(engine, db_url, sim, accounts_file) -> None:  # type: ignore[no-untyped-def]
+    account = accounts_file[1]
+    sim.faults.inject(account.user_id, "dm_events", "403", count=10)
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(accounts_partitions.name, [account.key])
+        job = defs.resolve_job_def("dm_sync_job")
+        # A 403 is not transient: the step fails at once, without the asset's RetryPolicy.
+        result = job.execute_in_process(partition_key=account.key, instance=instance, raise_on_error=False,
+                                        resources={"warehouse": WarehouseResource(database_url=db_url)})
+        assert not result.success
+        failure = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+        assert len(failure) == 1 and "client_forbidden" in str(failure[0].event_specific_data)
+        assert sim.requests(account.user_id) == 1
+
+
+def test_the_accounts_sensor_registers_partitions(accounts_file) -> None:  # type: ignore[no-untyped-def]
+    from dm_pipeline.defs.automation import accounts_sensor
+
+    with dg.instance_for_test() as instance:
+        result = accounts_sensor(dg.build_sensor_context(instance=instance))
+        (request,) = result.dynamic_partitions_requests
+        assert sorted(request.partition_keys) == sorted(a.key for a in accounts_file)
