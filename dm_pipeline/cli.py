@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import sys
@@ -228,10 +229,8 @@ def simulator_serve(port: int | None, seed: int) -> None:
     sim = Simulator(World(seed=seed), port=port or load_settings().simulator_port)
     with sim:
         click.echo(f"simulator on {sim.url} (accounts: {', '.join(sim.world.accounts())})")
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             threading.Event().wait()
-        except KeyboardInterrupt:
-            pass
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import functools
 import logging
 import warnings
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import URL, Engine, create_engine, make_url, text
 from sqlalchemy.exc import OperationalError
@@ -21,7 +22,7 @@ APP_DATABASE = "dm_pipeline"
 DAGSTER_DATABASE = "dagster"
 
 
-def _pgserver():  # type: ignore[no-untyped-def]
+def _pgserver() -> Any:
     # platformdirs warns about XDG_RUNTIME_DIR on every import as root; it is harmless here.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

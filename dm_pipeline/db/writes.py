@@ -90,13 +90,15 @@ def upsert_events(conn: Connection, account: Account, stream: Stream, run_id: st
     unique = {e.message_id: e for e in events}  # a page may repeat an event; ON CONFLICT needs it once
     if not unique:
         return 0, 0
-    stmt = pg_insert(dm_history).values([_history_values(account, stream, run_id, e) for e in unique.values()])
-    excluded = stmt.excluded
-    stmt = stmt.on_conflict_do_update(
+    insert = pg_insert(dm_history).values([_history_values(account, stream, run_id, e) for e in unique.values()])
+    excluded = insert.excluded
+    upsert = insert.on_conflict_do_update(
         index_elements=[dm_history.c.account_key, dm_history.c.message_id],
         set_={**{c: excluded[c] for c in _CHANGING}, "last_changed_at": func.now()},
         where=dm_history.c.content_hash.is_distinct_from(excluded.content_hash),
-    ).returning(literal_column("(xmax = 0)").label("inserted"))
+    )
+    # xmax = 0 only on a freshly inserted tuple; unchanged rows return nothing (the WHERE skips them).
+    stmt = upsert.returning(literal_column("(xmax = 0)").label("inserted"))
     flags = conn.execute(stmt).scalars().all()
     inserted = sum(1 for f in flags if f)
     return inserted, len(flags) - inserted

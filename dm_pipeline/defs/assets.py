@@ -13,7 +13,6 @@ from dm_pipeline.models import StreamStatus, SyncResult
 from dm_pipeline.settings import load_settings
 from dm_pipeline.sync import RunLimits, sync_account
 
-
 # Failures worth the asset's RetryPolicy; a 403 or a bad token will not heal in five seconds.
 TRANSIENT_CODES = frozenset({"service_unavailable", "transport_error", "malformed_response"})
 

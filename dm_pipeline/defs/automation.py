@@ -22,7 +22,7 @@ def partition_changes(instance: dg.DagsterInstance) -> tuple[list[str], list[str
 def accounts_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
     """Adds a partition per new account and removes those of dropped ones (their data stays)."""
     added, removed = partition_changes(context.instance)
-    requests = []
+    requests: list[dg.AddDynamicPartitionsRequest | dg.DeleteDynamicPartitionsRequest] = []
     if added:
         requests.append(accounts_partitions.build_add_request(added))
     if removed:

@@ -22,7 +22,7 @@ def env_var_token(name: str) -> str | None:
     return dg.EnvVar(name).get_value()
 
 
-class WarehouseResource(dg.ConfigurableResource):  # type: ignore[type-arg]
+class WarehouseResource(dg.ConfigurableResource):
     """The Postgres warehouse. `dm-pipeline run` and `make dev` export DATABASE_URL (the embedded
     server's, unless you set your own)."""
 
@@ -32,7 +32,7 @@ class WarehouseResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         return get_engine(normalize_url(self.database_url).render_as_string(hide_password=False))
 
 
-class ProvidersResource(dg.ConfigurableResource):  # type: ignore[type-arg]
+class ProvidersResource(dg.ConfigurableResource):
     """Where the accounts are declared; default `$DM_PIPELINE_ACCOUNTS` or config/accounts.yaml."""
 
     accounts_file: str | None = None

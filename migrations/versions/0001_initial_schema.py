@@ -1,7 +1,7 @@
 """Initial schema: private history, sync state, OAuth tokens, redacted audit (ARCHITECTURE.md §3).
 
 Revision ID: 0001
-Revises: 
+Revises:
 """
 
 from __future__ import annotations

@@ -49,7 +49,7 @@ def sync_and_kill_after(sim, account: Account, k: int, db_url: str, accounts_fil
     try:
         if not reached.wait(90):
             proc.kill()
-            out, err = proc.communicate()
+            _, err = proc.communicate()
             pytest.fail(f"the sync never asked for page {k + 1}: rc={proc.returncode} {err.decode()[-2000:]}")
         proc.send_signal(signal.SIGKILL)
         assert proc.wait(30) == -signal.SIGKILL
