@@ -98,7 +98,7 @@ def upsert_events(conn: Connection, account: Account, stream: Stream, run_id: st
         where=dm_history.c.content_hash.is_distinct_from(excluded.content_hash),
     )
     # xmax = 0 only on a freshly inserted tuple; unchanged rows return nothing (the WHERE skips them).
-    stmt = upsert.returning(literal_column("(xmax = 0)").label("inserted"))
+    stmt: Any = upsert.returning(literal_column("(xmax = 0)").label("inserted"))
     flags = conn.execute(stmt).scalars().all()
     inserted = sum(1 for f in flags if f)
     return inserted, len(flags) - inserted
