@@ -9,15 +9,39 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dm_pipeline.errors import ConfigError
-from dm_pipeline.models import Account, Provider
+from dm_pipeline.models import Account, OAuthConfig, Provider
 
 USER_ID = r"^[0-9]{1,19}$"
+CONVERSATION_ID = r"^([0-9]{1,19}-[0-9]{1,19}|[0-9]{15,19})$"
+ENV_NAME = r"^[A-Z_][A-Z0-9_]*$"
+HANDLE = r"^[A-Za-z0-9_]{1,15}$"
+PARTNER = r"^([0-9]{1,19}|@?[A-Za-z0-9_]{1,15})$"
+Tab = Literal["all", "requests", "hidden"]
+
+
+class ConversationsEntry(BaseModel):
+    """X only: which conversations get their own stream via /2/dm_conversations (full history)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    discover: bool = Field(default=False, description="add every conversation seen in /2/dm_events")
+    ids: list[Annotated[str, Field(pattern=CONVERSATION_ID)]] = Field(default_factory=list)
+    participants: list[Annotated[str, Field(pattern=USER_ID)]] = Field(default_factory=list)
+
+
+class OAuthEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    client_id_env: str = Field(pattern=ENV_NAME)
+    refresh_token_env: str | None = Field(default=None, pattern=ENV_NAME)
+    client_secret_env: str | None = Field(default=None, pattern=ENV_NAME)
+    token_url: str | None = Field(default=None, pattern=r"^https?://")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -29,9 +53,36 @@ class AccountEntry(BaseModel):
     provider: Provider
     user_id: str = Field(pattern=USER_ID, description="the numeric ID of the connected account")
     base_url: str = Field(pattern=r"^https?://[^\s/]+", description="the provider's base URL")
-    token_env: str | None = Field(default=None, pattern=r"^[A-Z_][A-Z0-9_]*$",
+    token_env: str | None = Field(default=None, pattern=ENV_NAME,
                                   description="name of the environment variable holding the access token")
     page_size: int = Field(default=100, ge=1, le=100)
+    conversations: ConversationsEntry | None = None
+    oauth: OAuthEntry | None = None
+    handle: str | None = Field(default=None, pattern=HANDLE, description="Xquik: the connected account's handle")
+    partners: list[Annotated[str, Field(pattern=PARTNER)]] = Field(default_factory=list)
+    auth_token_env: str | None = Field(default=None, pattern=ENV_NAME)
+    ct0_env: str | None = Field(default=None, pattern=ENV_NAME)
+    twid_env: str | None = Field(default=None, pattern=ENV_NAME)
+    tabs: list[Tab] = Field(default=["all", "requests", "hidden"], min_length=1)
+
+    @model_validator(mode="after")
+    def _provider_keys(self) -> AccountEntry:
+        p = self.provider
+        only = {"conversations": Provider.X, "oauth": Provider.X, "handle": Provider.XQUIK,
+                "auth_token_env": Provider.GETXAPI, "ct0_env": Provider.GETXAPI, "twid_env": Provider.GETXAPI}
+        for key, owner in only.items():
+            if getattr(self, key) is not None and p is not owner:
+                raise ValueError(f"`{key}` applies to provider {owner.value} only, not {p.value}")
+        if self.partners and p is not Provider.XQUIK:
+            raise ValueError(f"`partners` applies to provider xquik only, not {p.value}")
+        if p is Provider.XQUIK and (not self.handle or not self.partners):
+            raise ValueError("an xquik account needs `handle` (its X handle) and `partners` (usernames or IDs "
+                             "of the people it talks to; one stream each)")
+        if p is Provider.GETXAPI and not self.auth_token_env:
+            raise ValueError("a getxapi account needs `auth_token_env`, the variable holding the user's auth_token")
+        if (self.ct0_env is None) != (self.twid_env is None):
+            raise ValueError("`ct0_env` and `twid_env` go together: set both or neither")
+        return self
 
     @field_validator("base_url")
     @classmethod
@@ -39,8 +90,16 @@ class AccountEntry(BaseModel):
         return v.rstrip("/")
 
     def to_account(self) -> Account:
-        return Account(key=self.key, provider=self.provider, user_id=self.user_id, base_url=self.base_url,
-                       token_env=self.token_env, page_size=self.page_size)
+        conv = self.conversations or ConversationsEntry()
+        oauth = OAuthConfig(**self.oauth.model_dump()) if self.oauth else None
+        return Account(
+            key=self.key, provider=self.provider, user_id=self.user_id, base_url=self.base_url,
+            token_env=self.token_env, page_size=self.page_size, conversation_ids=tuple(conv.ids),
+            participant_ids=tuple(conv.participants), discover_conversations=conv.discover, oauth=oauth,
+            handle=self.handle, partners=tuple(p.lstrip("@") for p in self.partners),
+            auth_token_env=self.auth_token_env, ct0_env=self.ct0_env, twid_env=self.twid_env,
+            tabs=tuple(dict.fromkeys(self.tabs)),
+        )
 
 
 class AccountsFile(BaseModel):

@@ -201,7 +201,7 @@ def sync(account_keys: tuple[str, ...], sweep: bool, max_pages: int | None) -> N
     failed = False
     with http_client() as http:
         for account in selected:
-            result = sync_account(engine, build_client(account, http), run_id, limits)
+            result = sync_account(engine, build_client(account, http, engine=engine), run_id, limits)
             for s in result.streams:
                 click.echo(f"{account.key}\t{s.stream_key}\t{s.status.value}\tpages={s.pages}\t"
                            f"requests={s.requests}\tnew={s.inserted}\tupdated={s.updated}"

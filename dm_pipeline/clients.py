@@ -1,4 +1,4 @@
-"""Build the provider client of an account: its HTTP session, its token, its rate-limit governor."""
+"""Build the provider client of an account: its HTTP session, its credentials, its rate-limit governor."""
 
 from __future__ import annotations
 
@@ -6,12 +6,15 @@ import os
 from collections.abc import Callable
 
 import httpx
+from sqlalchemy import Engine, text
 
 from dm_pipeline.errors import ConfigError
 from dm_pipeline.http.policy import RetryPolicy
 from dm_pipeline.models import Account, Provider
 from dm_pipeline.providers.base import ProviderClient
+from dm_pipeline.providers.getxapi import GetXApiClient
 from dm_pipeline.providers.x_api import XClient
+from dm_pipeline.providers.xquik import XquikClient
 
 TokenLookup = Callable[[str], str | None]
 
@@ -20,18 +23,24 @@ def env_token(name: str) -> str | None:
     return os.environ.get(name) or None
 
 
-def token_getter(account: Account, lookup: TokenLookup = env_token) -> Callable[[], str]:
+def required(account: Account, name: str | None, what: str, lookup: TokenLookup) -> Callable[[], str]:
+    """A getter for a secret that must be set, failing with the variable's name and the fix."""
+
     def get() -> str:
-        if not account.token_env:
-            raise ConfigError(f"account {account.key!r} has no token_env. Fix: add `token_env: NAME` to its "
-                              "entry in the accounts file and export NAME")
-        token = lookup(account.token_env)
-        if not token:
-            raise ConfigError(f"environment variable {account.token_env} (token of account {account.key!r}) "
-                              f"is not set. Fix: export {account.token_env}=<access token>")
-        return token
+        if not name:
+            raise ConfigError(f"account {account.key!r} names no variable for its {what}. Fix: add it to its "
+                              "entry in the accounts file and export it")
+        value = lookup(name)
+        if not value:
+            raise ConfigError(f"environment variable {name} ({what} of account {account.key!r}) is not set. "
+                              f"Fix: export {name}=…")
+        return value
 
     return get
+
+
+def token_getter(account: Account, lookup: TokenLookup = env_token) -> Callable[[], str]:
+    return required(account, account.token_env, "access token", lookup)
 
 
 def http_client(timeout_s: float = 30.0) -> httpx.Client:
@@ -40,8 +49,33 @@ def http_client(timeout_s: float = 30.0) -> httpx.Client:
                         headers={"User-Agent": "dm_pipeline/0.1"})
 
 
+def known_conversations(engine: Engine, account_key: str) -> Callable[[], list[str]]:
+    def read() -> list[str]:
+        with engine.connect() as conn:
+            return list(conn.scalars(text(
+                "SELECT DISTINCT conversation_id FROM dm_private.dm_history WHERE account_key = :k "
+                "AND stream_key = 'dm_events' AND conversation_id IS NOT NULL ORDER BY 1"), {"k": account_key}))
+
+    return read
+
+
 def build_client(account: Account, http: httpx.Client, lookup: TokenLookup = env_token,
-                 policy: RetryPolicy | None = None) -> ProviderClient:
+                 policy: RetryPolicy | None = None, engine: Engine | None = None) -> ProviderClient:
     if account.provider is Provider.X:
-        return XClient(account, http, token_getter(account, lookup), policy=policy)
-    raise ConfigError(f"provider {account.provider.value!r} of account {account.key!r} is not supported yet")
+        token, refresh = token_getter(account, lookup), None
+        if account.oauth is not None:
+            if engine is None:
+                raise ConfigError(f"account {account.key!r} uses OAuth refresh, which needs the database")
+            from dm_pipeline.oauth import XOAuth
+
+            manager = XOAuth(account, engine, http, lambda name: lookup(name) if name else None)
+            token, refresh = manager.access_token, manager.refresh
+        discovered = known_conversations(engine, account.key) if engine is not None else None
+        return XClient(account, http, token, policy=policy, known_conversations=discovered, refresh=refresh)
+    if account.provider is Provider.XQUIK:
+        return XquikClient(account, http, required(account, account.token_env, "Xquik API key", lookup),
+                           policy=policy)
+    if account.provider is Provider.GETXAPI:
+        return GetXApiClient(account, http, required(account, account.token_env, "GetXAPI API key", lookup),
+                             lambda name: lookup(name) if name else None, policy=policy)
+    raise ConfigError(f"provider {account.provider.value!r} of account {account.key!r} is not supported")

@@ -23,13 +23,36 @@ class StreamStatus(enum.StrEnum):
 
 
 @dataclass(frozen=True)
+class OAuthConfig:
+    """X OAuth 2.0 refresh: names of environment variables, never values."""
+
+    client_id_env: str
+    refresh_token_env: str | None = None      # the first refresh token; later ones live encrypted in Postgres
+    client_secret_env: str | None = None      # confidential clients: Basic auth on the token endpoint
+    token_url: str | None = None              # default: {base_url}/2/oauth2/token
+
+
+@dataclass(frozen=True)
 class Account:
     key: str                  # partition key, e.g. "x-alice"
     provider: Provider
     user_id: str              # numeric ID of the connected account at the provider
     base_url: str
-    token_env: str | None     # name of the environment variable holding the access token
+    token_env: str | None     # env var holding the access token (X) or the API key (Xquik, GetXAPI)
     page_size: int = 100
+    # X: extra per-conversation streams (no 30-day window), listed and/or discovered from /2/dm_events
+    conversation_ids: tuple[str, ...] = ()
+    participant_ids: tuple[str, ...] = ()
+    discover_conversations: bool = False
+    oauth: OAuthConfig | None = None
+    # Xquik: the connected account's handle and the conversation partners (usernames or IDs)
+    handle: str | None = None
+    partners: tuple[str, ...] = ()
+    # GetXAPI: the user's auth_token (and optional ct0 + twid cookies), and the inbox tabs to read
+    auth_token_env: str | None = None
+    ct0_env: str | None = None
+    twid_env: str | None = None
+    tabs: tuple[str, ...] = ("all", "requests", "hidden")
 
 
 @dataclass(frozen=True)
@@ -68,6 +91,35 @@ class EventRow:
 
 
 @dataclass(frozen=True)
+class UserRow:
+    user_id: str
+    username: str | None
+    name: str | None
+    raw: dict[str, Any]
+    content_hash: str
+
+
+@dataclass(frozen=True)
+class ConversationRow:
+    conversation_id: str
+    conversation_type: str | None
+    participant_ids: tuple[str, ...]
+    raw: dict[str, Any]
+    content_hash: str
+
+
+@dataclass(frozen=True)
+class ConversationEventRow:
+    """A non-message conversation event (GetXAPI `events`): stored beside, not in, the message stream."""
+
+    event_key: str
+    conversation_id: str | None
+    event_type: str
+    created_at: datetime | None
+    raw: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class RateLimitInfo:
     limit: int | None
     remaining: int | None
@@ -81,7 +133,10 @@ class Page:
     http_status: int
     requests: int             # HTTP requests spent on this page, retries included
     rate_limit: RateLimitInfo | None = None
-    users: tuple[dict[str, Any], ...] = ()
+    users: tuple[UserRow, ...] = ()
+    conversations: tuple[ConversationRow, ...] = ()
+    conversation_events: tuple[ConversationEventRow, ...] = ()
+    credits: int = 0          # provider credits this page cost (Xquik: 1 per message returned)
 
 
 @dataclass

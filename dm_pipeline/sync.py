@@ -127,9 +127,9 @@ def _walk(engine: Engine, client: ProviderClient, stream: Stream, run_id: str, l
             message_ids=ids, media_refs=[str(m.get("url") or m.get("media_key")) for e in page.events
                                          for m in e.media or ()],
             newest_id=max(ids, key=int) if ids else None, oldest_id=min(ids, key=int) if ids else None,
-            error_code="cursor_loop" if loop else None, gap_suspected=gap,
+            error_code="cursor_loop" if loop else None, gap_suspected=gap, credits=page.credits,
         )
-        inserted, updated = writes.commit_page(engine, client.account, stream, run_id, keep, state, audit)
+        inserted, updated = writes.commit_page(engine, client.account, stream, run_id, keep, state, audit, page)
         res.pages += 1
         res.requests += page.requests
         res.received += len(page.events)

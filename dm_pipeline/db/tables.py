@@ -116,10 +116,53 @@ dm_sync_audit = Table(
     Column("job_status", Text, nullable=False),
     Column("error_code", Text),
     Column("gap_suspected", Boolean, nullable=False, server_default=text("false")),
+    Column("credits", Integer, nullable=False, server_default=text("0")),  # Xquik: 1 per message returned
     Column("started_at", DateTime(timezone=True), nullable=False),
     Column("finished_at", DateTime(timezone=True), nullable=False, server_default=_now),
     CheckConstraint("row_kind IN ('page', 'job')", name="row_kind"),
     schema=AUDIT,
+)
+
+dm_users = Table(
+    "dm_users", metadata,
+    # Profiles from X `includes.users`, GetXAPI `users` and Xquik lookups, upserted: last seen wins.
+    Column("provider", Text, primary_key=True),
+    Column("user_id", Text, primary_key=True),
+    Column("username", Text),
+    Column("name", Text),
+    Column("raw", JSONB, nullable=False),
+    Column("content_hash", Text, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=_now),
+    schema=PRIVATE,
+)
+
+dm_conversations = Table(
+    "dm_conversations", metadata,
+    # GetXAPI conversation metadata per account (type, tab, trust flags, participants).
+    Column("account_key", Text, primary_key=True),
+    Column("conversation_id", Text, primary_key=True),
+    Column("provider", Text, nullable=False),
+    Column("stream_key", Text, nullable=False),
+    Column("conversation_type", Text),
+    Column("participant_ids", ARRAY(Text), nullable=False, server_default=text("'{}'")),
+    Column("raw", JSONB, nullable=False),
+    Column("content_hash", Text, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=_now),
+    schema=PRIVATE,
+)
+
+dm_conversation_events = Table(
+    "dm_conversation_events", metadata,
+    # Non-message conversation events (GetXAPI `events`: trust changes, joins/leaves), deduplicated.
+    Column("account_key", Text, primary_key=True),
+    Column("event_key", Text, primary_key=True),
+    Column("provider", Text, nullable=False),
+    Column("conversation_id", Text),
+    Column("event_type", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True)),
+    Column("raw", JSONB, nullable=False),
+    Column("first_seen_run_id", Text, nullable=False),
+    schema=PRIVATE,
 )
 
 Index(None, dm_history.c.account_key, dm_history.c.conversation_id, dm_history.c.created_at)

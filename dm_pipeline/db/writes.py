@@ -11,8 +11,15 @@ from typing import Any
 from sqlalchemy import Connection, Engine, func, literal_column, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from dm_pipeline.db.tables import dm_history, dm_sync_audit, sync_state
-from dm_pipeline.models import Account, EventRow, Stream
+from dm_pipeline.db.tables import (
+    dm_conversation_events,
+    dm_conversations,
+    dm_history,
+    dm_sync_audit,
+    dm_users,
+    sync_state,
+)
+from dm_pipeline.models import Account, EventRow, Page, Stream
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,7 @@ class AuditEntry:
     oldest_id: str | None = None
     error_code: str | None = None
     gap_suspected: bool = False
+    credits: int = 0
 
 
 def read_state(conn: Connection, account_key: str, stream_key: str) -> StreamState:
@@ -136,15 +144,53 @@ def insert_audit(conn: Connection, account: Account, stream: Stream, entry: Audi
         requests=entry.requests, events_received=entry.events_received, events_inserted=inserted,
         events_updated=updated, message_ids=list(entry.message_ids), media_refs=list(entry.media_refs),
         newest_id=entry.newest_id, oldest_id=entry.oldest_id, job_status=entry.job_status,
-        error_code=entry.error_code, gap_suspected=entry.gap_suspected, started_at=entry.started_at,
+        error_code=entry.error_code, gap_suspected=entry.gap_suspected, credits=entry.credits,
+        started_at=entry.started_at,
     ))
 
 
+def upsert_side_data(conn: Connection, account: Account, stream: Stream, run_id: str, page: Page) -> None:
+    """Users, conversations and conversation events that came with the page; unchanged rows are skipped."""
+    provider = account.provider.value
+    users = {u.user_id: u for u in page.users}
+    if users:
+        ins = pg_insert(dm_users).values([
+            {"provider": provider, "user_id": u.user_id, "username": u.username, "name": u.name, "raw": u.raw,
+             "content_hash": u.content_hash} for u in users.values()])
+        conn.execute(ins.on_conflict_do_update(
+            index_elements=[dm_users.c.provider, dm_users.c.user_id],
+            set_={"username": ins.excluded.username, "name": ins.excluded.name, "raw": ins.excluded.raw,
+                  "content_hash": ins.excluded.content_hash, "updated_at": func.now()},
+            where=dm_users.c.content_hash.is_distinct_from(ins.excluded.content_hash)))
+    conversations = {c.conversation_id: c for c in page.conversations}
+    if conversations:
+        cins = pg_insert(dm_conversations).values([
+            {"account_key": account.key, "conversation_id": c.conversation_id, "provider": provider,
+             "stream_key": stream.key, "conversation_type": c.conversation_type,
+             "participant_ids": list(c.participant_ids), "raw": c.raw, "content_hash": c.content_hash}
+            for c in conversations.values()])
+        conn.execute(cins.on_conflict_do_update(
+            index_elements=[dm_conversations.c.account_key, dm_conversations.c.conversation_id],
+            set_={"conversation_type": cins.excluded.conversation_type, "stream_key": cins.excluded.stream_key,
+                  "participant_ids": cins.excluded.participant_ids, "raw": cins.excluded.raw,
+                  "content_hash": cins.excluded.content_hash, "updated_at": func.now()},
+            where=dm_conversations.c.content_hash.is_distinct_from(cins.excluded.content_hash)))
+    events = {e.event_key: e for e in page.conversation_events}
+    if events:
+        eins = pg_insert(dm_conversation_events).values([
+            {"account_key": account.key, "event_key": e.event_key, "provider": provider,
+             "conversation_id": e.conversation_id, "event_type": e.event_type, "created_at": e.created_at,
+             "raw": e.raw, "first_seen_run_id": run_id} for e in events.values()])
+        conn.execute(eins.on_conflict_do_nothing())
+
+
 def commit_page(engine: Engine, account: Account, stream: Stream, run_id: str, events: Sequence[EventRow],
-                state: StreamState, audit: AuditEntry) -> tuple[int, int]:
+                state: StreamState, audit: AuditEntry, page: Page | None = None) -> tuple[int, int]:
     """THE crash-safety point: the page's rows, the advanced cursor and its audit row commit together."""
     with engine.begin() as conn:
         inserted, updated = upsert_events(conn, account, stream, run_id, events)
+        if page is not None:
+            upsert_side_data(conn, account, stream, run_id, page)
         write_state(conn, account, stream, state)
         insert_audit(conn, account, stream, audit, inserted, updated)
     return inserted, updated

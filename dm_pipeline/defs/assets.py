@@ -58,8 +58,9 @@ def dm_history_assets(context: dg.AssetExecutionContext, config: SyncConfig, war
     limits = RunLimits(max_pages=config.max_pages or settings.page_budget,
                        time_budget_s=settings.time_budget_s, sweep=config.sweep)
     with http_client(providers.http_timeout_s) as http:
-        client = build_client(account, http, env_var_token)
-        result = sync_account(warehouse.engine(), client, context.run_id, limits)
+        engine = warehouse.engine()
+        client = build_client(account, http, env_var_token, engine=engine)
+        result = sync_account(engine, client, context.run_id, limits)
     metadata = sync_metadata(result)
     context.log.info(f"account={account.key} status={result.status.value} pages={result.total('pages')} "
                      f"inserted={result.total('inserted')} updated={result.total('updated')}")

@@ -5,12 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, Protocol
 
 from dm_pipeline.errors import InvalidIdentifier
 from dm_pipeline.http.policy import Budget
-from dm_pipeline.models import Account, Page, Stream
+from dm_pipeline.models import Account, Page, Stream, UserRow
 
 # Postgres refuses NUL in text and jsonb; lone surrogates cannot be encoded to UTF-8 at all.
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
@@ -21,8 +22,9 @@ USER_ID_RE = re.compile(r"^[0-9]{1,19}$")
 class ProviderClient(Protocol):
     account: Account
 
-    def streams(self) -> list[Stream]:
-        """The account's streams, each with its own cursor."""
+    def streams(self) -> Iterable[Stream]:
+        """The account's streams, each with its own cursor. Iterated lazily by the engine, so a stream may
+        be derived from what earlier streams of the same run stored (X conversation discovery)."""
         ...
 
     def fetch_page(self, stream: Stream, cursor: str | None, budget: Budget) -> Page:
@@ -62,6 +64,15 @@ def sanitize(value: Any) -> tuple[Any, bool]:
 def content_hash(content: dict[str, Any]) -> str:
     blob = json.dumps(content, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def user_row(raw_user: dict[str, Any], username_key: str = "username") -> UserRow | None:
+    user, _ = sanitize(raw_user)
+    uid = user.get("id")
+    if not isinstance(uid, str | int) or not str(uid).isdigit():
+        return None
+    return UserRow(user_id=str(uid), username=user.get(username_key), name=user.get("name"), raw=user,
+                   content_hash=content_hash(user))
 
 
 def parse_timestamp(value: Any) -> datetime | None:

@@ -6,20 +6,21 @@ Endpoints, parameters, response parsing into `Page`, and the pure normalizer `no
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 
 from dm_pipeline.errors import AuthError, InvalidCursor, MalformedResponse, ProviderError
-from dm_pipeline.http.policy import Budget, RetryPolicy, send
+from dm_pipeline.http.policy import Budget, RetryPolicy, Sent, send
 from dm_pipeline.http.ratelimit import Governor
-from dm_pipeline.models import Account, EventRow, Page, Stream
+from dm_pipeline.models import Account, EventRow, Page, Stream, UserRow
 from dm_pipeline.providers.base import (
     USER_ID_RE,
     content_hash,
     parse_timestamp,
     sanitize,
+    user_row,
     validate_id,
 )
 
@@ -33,6 +34,19 @@ TWEET_FIELDS = "author_id,created_at,id,text"
 
 CONVERSATION_ID_RE = re.compile(r"^([0-9]{1,19}-[0-9]{1,19}|[0-9]{15,19})$")
 INBOX = Stream(key="dm_events", endpoint="/2/dm_events", path="/2/dm_events", retention_window_days=30)
+WITH_ENDPOINT = "/2/dm_conversations/with/:participant_id/dm_events"
+CONVERSATION_ENDPOINT = "/2/dm_conversations/:id/dm_events"
+
+
+def participant_stream(participant_id: str) -> Stream:
+    pid = validate_id(participant_id, USER_ID_RE, "participant_id")
+    return Stream(key=f"with:{pid}", endpoint=WITH_ENDPOINT, path=f"/2/dm_conversations/with/{pid}/dm_events")
+
+
+def conversation_stream(conversation_id: str) -> Stream:
+    cid = validate_id(conversation_id, CONVERSATION_ID_RE, "dm_conversation_id")
+    return Stream(key=f"conversation:{cid}", endpoint=CONVERSATION_ENDPOINT,
+                  path=f"/2/dm_conversations/{cid}/dm_events")
 
 
 def _problem(response: httpx.Response) -> dict[str, Any]:
@@ -92,7 +106,7 @@ def normalize_event(event: dict[str, Any], includes: dict[str, Any], account_use
 
 
 def parse_page(body: Any, account_user_id: str, stream_key: str) -> tuple[list[EventRow], str | None,
-                                                                           list[dict[str, Any]]]:
+                                                                           list[UserRow]]:
     if not isinstance(body, dict):
         raise MalformedResponse("X response is not a JSON object")
     data = body.get("data") or []  # an empty page omits `data` (spec: minItems 1)
@@ -104,7 +118,7 @@ def parse_page(body: Any, account_user_id: str, stream_key: str) -> tuple[list[E
     if len(events) != len(data):
         raise MalformedResponse("X response `data` holds a non-object")
     next_token = meta.get("next_token")
-    users = [sanitize(u)[0] for u in includes.get("users") or () if isinstance(u, dict)]
+    users = [row for u in includes.get("users") or () if isinstance(u, dict) and (row := user_row(u))]
     return events, (next_token if isinstance(next_token, str) and next_token else None), users
 
 
@@ -112,16 +126,30 @@ class XClient:
     """Talks to one account's X API (or the simulator) with its OAuth 2.0 user token."""
 
     def __init__(self, account: Account, http: httpx.Client, token: Callable[[], str],
-                 policy: RetryPolicy | None = None, governor: Governor | None = None) -> None:
+                 policy: RetryPolicy | None = None, governor: Governor | None = None,
+                 known_conversations: Callable[[], list[str]] | None = None,
+                 refresh: Callable[[], str] | None = None) -> None:
         validate_id(account.user_id, USER_ID_RE, "user_id")
         self.account = account
         self._http = http
         self._token = token
+        self._refresh = refresh  # OAuth 2.0: on a 401, refresh once and retry
         self._policy = policy or RetryPolicy()
-        self._governor = governor or Governor()
+        self._governor = governor or Governor()  # X shares one window across its three DM routes
+        self._known_conversations = known_conversations
 
-    def streams(self) -> list[Stream]:
-        return [INBOX]
+    def streams(self) -> Iterator[Stream]:
+        """The inbox first; then listed participants and conversations, then (with `discover`) every
+        conversation the inbox has stored so far — read only after the inbox synced in this run."""
+        yield INBOX
+        for pid in self.account.participant_ids:
+            yield participant_stream(pid)
+        ids = list(self.account.conversation_ids)
+        if self.account.discover_conversations and self._known_conversations:
+            ids += self._known_conversations()
+        for cid in dict.fromkeys(ids):
+            if CONVERSATION_ID_RE.fullmatch(cid):
+                yield conversation_stream(cid)
 
     def _params(self, cursor: str | None) -> dict[str, str]:
         params = {
@@ -133,13 +161,22 @@ class XClient:
             params["pagination_token"] = cursor
         return params
 
-    def fetch_page(self, stream: Stream, cursor: str | None, budget: Budget) -> Page:
+    def _send(self, stream: Stream, cursor: str | None, budget: Budget, token: str) -> Sent:
         request = self._http.build_request(
             "GET", self.account.base_url + stream.path, params=self._params(cursor),
-            headers={"Authorization": f"Bearer {self._token()}", "Accept": "application/json"},
+            headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
         )
-        sent = send(self._http, request, map_error=map_error, policy=self._policy, budget=budget,
+        return send(self._http, request, map_error=map_error, policy=self._policy, budget=budget,
                     governor=self._governor)
+
+    def fetch_page(self, stream: Stream, cursor: str | None, budget: Budget) -> Page:
+        try:
+            sent = self._send(stream, cursor, budget, self._token())
+        except AuthError as exc:
+            if self._refresh is None:
+                raise
+            sent = self._send(stream, cursor, budget, self._refresh())
+            sent = Sent(sent.response, sent.requests + exc.requests, sent.rate_limit)
         try:
             body = sent.response.json()
         except ValueError:

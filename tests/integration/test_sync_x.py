@@ -20,7 +20,7 @@ from tests.integration.helpers import assert_equals_truth
 def run_sync(engine: Engine, account: Account, policy: RetryPolicy | None = None,
              limits: RunLimits | None = None) -> SyncResult:
     with http_client() as http:
-        return sync_account(engine, build_client(account, http, policy=policy), f"test-{uuid.uuid4()}",
+        return sync_account(engine, build_client(account, http, policy=policy, engine=engine), f"test-{uuid.uuid4()}",
                             limits or RunLimits())
 
 

@@ -1,0 +1,130 @@
+"""Xquik: `GET /x/dm/{userId}/history` (seeds 000, 001). One stream per conversation partner.
+
+`account` is the connected account's handle; `userId` the partner's numeric ID (`GET /x/users/{id}`
+resolves a username). Pages: `messages`, `has_next_page`, `next_cursor` (opaque). Each history call costs
+1 credit per message returned; the audit records it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+
+from dm_pipeline.errors import AuthError, InvalidCursor, MalformedResponse, ProviderError
+from dm_pipeline.http.policy import Budget, RetryPolicy, Sent, send
+from dm_pipeline.http.ratelimit import Governor
+from dm_pipeline.models import Account, EventRow, Page, Stream, UserRow
+from dm_pipeline.providers.base import USER_ID_RE, content_hash, parse_timestamp, sanitize, validate_id
+
+HISTORY = "/x/dm/{userId}/history"
+USERNAME_RE = re.compile(r"^[A-Za-z0-9_]{1,15}$")
+
+
+def map_error(response: httpx.Response) -> ProviderError:
+    """Xquik answers `{"error": code, "message"?}`; the code is the audit's error_code. The message is
+    not quoted: it is fixed text today, but nothing guarantees it never echoes a request value."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = {}
+    code = body.get("error") if isinstance(body, dict) and isinstance(body.get("error"), str) else None
+    code = re.sub(r"[^a-z0-9_]", "_", code.lower())[:64] if code else f"http_{response.status_code}"
+    if response.status_code == 401:
+        return AuthError(f"Xquik 401 {code}", http_status=401, error_code=code)
+    return ProviderError(f"Xquik {response.status_code} {code}", http_status=response.status_code, error_code=code)
+
+
+def conversation_id(a: str, b: str) -> str:
+    """The X 1:1 conversation ID ("{smaller}-{larger}"), so Xquik rows join X rows of the same chat."""
+    lo, hi = sorted((a, b), key=int)
+    return f"{lo}-{hi}"
+
+
+def normalize_message(message: dict[str, Any], account_user_id: str, partner_id: str) -> EventRow:
+    raw, dirty = sanitize(message)
+    mid = raw.get("id")
+    if not isinstance(mid, str) or not mid.isdigit():
+        raise MalformedResponse("Xquik message without a numeric `id`")
+    media_url = raw.get("mediaUrl")
+    media = [{"url": media_url}] if isinstance(media_url, str) and media_url else None
+    text = raw.get("text") if isinstance(raw.get("text"), str) else None
+    return EventRow(
+        message_id=mid, conversation_id=conversation_id(account_user_id, partner_id), event_type="MessageCreate",
+        sender_id=raw.get("senderId"), recipient_id=raw.get("receiverId"), participant_ids=(),
+        created_at=parse_timestamp(raw.get("createdAt")), text=text, media=media, referenced_tweets=None,
+        reply_to_message_id=None, edit_count=0, raw=raw, sanitized=dirty, content_hash=content_hash(raw),
+    )
+
+
+def parse_history(body: Any, account_user_id: str, partner_id: str) -> tuple[list[EventRow], str | None]:
+    if not isinstance(body, dict) or not isinstance(body.get("messages", []), list):
+        raise MalformedResponse("Xquik history is not an object with a `messages` list")
+    events = [normalize_message(m, account_user_id, partner_id) for m in body.get("messages") or []
+              if isinstance(m, dict)]
+    if len(events) != len(body.get("messages") or []):
+        raise MalformedResponse("Xquik `messages` holds a non-object")
+    more = body.get("has_next_page") is True
+    cursor = body.get("next_cursor")
+    if more and not (isinstance(cursor, str) and cursor):
+        raise MalformedResponse("Xquik says has_next_page but gives no next_cursor")
+    return events, cursor if more else None
+
+
+class XquikClient:
+    def __init__(self, account: Account, http: httpx.Client, api_key: Callable[[], str],
+                 policy: RetryPolicy | None = None, governor: Governor | None = None) -> None:
+        validate_id(account.user_id, USER_ID_RE, "user_id")
+        self.account = account
+        self._http = http
+        self._api_key = api_key
+        self._policy = policy or RetryPolicy()
+        self._governor = governor or Governor()
+        self._partner_ids: dict[str, str] = {}
+
+    def streams(self) -> Iterator[Stream]:
+        for partner in self.account.partners:
+            yield Stream(key=f"with:{partner}", endpoint=HISTORY, path=partner)
+
+    def _get(self, path: str, params: dict[str, str], budget: Budget) -> Sent:
+        request = self._http.build_request("GET", self.account.base_url + path, params=params,
+                                           headers={"x-api-key": self._api_key(), "Accept": "application/json"})
+        return send(self._http, request, map_error=map_error, policy=self._policy, budget=budget,
+                    governor=self._governor)
+
+    def _partner_id(self, partner: str, budget: Budget) -> tuple[str, int]:
+        """(numeric ID, requests spent). A username costs one `GET /x/users/{id}`, once per run."""
+        if partner.isdigit():
+            return validate_id(partner, USER_ID_RE, "partner"), 0
+        if partner not in self._partner_ids:
+            validate_id(partner, USERNAME_RE, "partner username")
+            sent = self._get(f"/x/users/{partner}", {}, budget)
+            uid = str((sent.response.json() or {}).get("id") or "")
+            self._partner_ids[partner] = validate_id(uid, USER_ID_RE, "resolved partner ID")
+            return self._partner_ids[partner], sent.requests
+        return self._partner_ids[partner], 0
+
+    def fetch_page(self, stream: Stream, cursor: str | None, budget: Budget) -> Page:
+        partner_id, lookups = self._partner_id(stream.path, budget)
+        params = {"account": self.account.handle or ""}
+        if cursor:
+            params["cursor"] = cursor
+        try:
+            sent = self._get(HISTORY.format(userId=partner_id), params, budget)
+        except ProviderError as exc:
+            if cursor and exc.http_status == 400 and exc.error_code == "invalid_input":
+                raise InvalidCursor("Xquik rejected the stored cursor", http_status=400,
+                                    requests=exc.requests + lookups) from None
+            exc.requests += lookups
+            raise
+        try:
+            events, next_cursor = parse_history(sent.response.json(), self.account.user_id, partner_id)
+        except ValueError:
+            raise MalformedResponse("Xquik response is not valid JSON", http_status=sent.response.status_code,
+                                    requests=sent.requests + lookups) from None
+        users: tuple[UserRow, ...] = ()
+        return Page(events=tuple(events), next_cursor=next_cursor, http_status=sent.response.status_code,
+                    requests=sent.requests + lookups, rate_limit=sent.rate_limit, users=users,
+                    credits=len(events) + lookups)
