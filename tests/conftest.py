@@ -16,21 +16,22 @@ from dm_pipeline.db.migrate import upgrade
 from dm_pipeline.models import Account, Provider
 from dm_pipeline.settings import PROJECT_ROOT
 
-TEMPLATE_DB = "dm_test_template"
+# One template per pytest process, so concurrent sessions on the same server never trip over each other.
+TEMPLATE_DB = f"dm_test_template_{os.getpid()}"
 
 
 @pytest.fixture(scope="session")
-def pg_server() -> URL:
+def pg_server() -> Iterator[URL]:
     """The embedded server dedicated to tests (its own data directory), with a migrated template DB."""
     pgdata = Path(os.environ.get("DM_TEST_PGDATA", PROJECT_ROOT / ".dm_pipeline" / "test-pgdata"))
     base = start_embedded(pgdata)
+    template = ensure_database(base, TEMPLATE_DB)
+    upgrade(template.render_as_string(hide_password=False))
+    yield base
     admin = create_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{TEMPLATE_DB}" WITH (FORCE)'))
     admin.dispose()
-    template = ensure_database(base, TEMPLATE_DB)
-    upgrade(template.render_as_string(hide_password=False))
-    return base
 
 
 @pytest.fixture
