@@ -1,43 +1,66 @@
-"""`dm_history` + `dm_sync_audit`: one multi-asset, partitioned by account. Thin: resolve the account,
-call the engine, report counts and cursors (never text)."""
+"""`dm_history` + `dm_sync_audit`: one multi-asset, partitioned by account. Thin: resolve the accounts of
+the run, call the engine, report counts and cursors (never text), evaluate the checks."""
 
-
+import os
 from collections.abc import Iterator
 
 import dagster as dg
 
-from dm_pipeline.clients import build_client, http_client
+from dm_pipeline import checks
 from dm_pipeline.defs.partitions import accounts_partitions
 from dm_pipeline.defs.resources import ProvidersResource, WarehouseResource, env_var_token
 from dm_pipeline.models import StreamStatus, SyncResult
+from dm_pipeline.runner import sync_accounts
 from dm_pipeline.settings import load_settings
-from dm_pipeline.sync import RunLimits, sync_account
+from dm_pipeline.sync import RunLimits
 
 # Failures worth the asset's RetryPolicy; a 403 or a bad token will not heal in five seconds.
 TRANSIENT_CODES = frozenset({"service_unavailable", "transport_error", "malformed_response"})
+SWEEP_TAG = "dm_pipeline/sweep"
+# A UI backfill of 1,000 accounts starts at most ceil(1000 / N) runs; accounts sync concurrently inside.
+ACCOUNTS_PER_RUN = int(os.environ.get("DM_PIPELINE_ACCOUNTS_PER_RUN", "50"))
 
 
 class SyncConfig(dg.Config):
     sweep: bool = False            # re-walk whole streams to refresh edits (still checkpointed per page)
     max_pages: int | None = None   # per stream; default from settings
+    per_provider: int = 4          # accounts of one provider syncing at once inside this run
+    freshness_max_lag_s: float = 3600.0
 
 
-def sync_metadata(result: SyncResult) -> dict[str, dg.MetadataValue]:
+def sync_metadata(results: list[SyncResult]) -> dict[str, dg.MetadataValue]:
+    def total(attr: str) -> int:
+        return sum(r.total(attr) for r in results)
+
+    statuses = sorted({r.status.value for r in results})
     md: dict[str, dg.MetadataValue] = {
-        "status": dg.MetadataValue.text(result.status.value),
-        "pages": dg.MetadataValue.int(result.total("pages")),
-        "requests": dg.MetadataValue.int(result.total("requests")),
-        "events_received": dg.MetadataValue.int(result.total("received")),
-        "events_inserted": dg.MetadataValue.int(result.total("inserted")),
-        "events_updated": dg.MetadataValue.int(result.total("updated")),
+        "status": dg.MetadataValue.text(",".join(statuses)),
+        "accounts": dg.MetadataValue.int(len(results)),
+        "pages": dg.MetadataValue.int(total("pages")),
+        "requests": dg.MetadataValue.int(total("requests")),
+        "events_received": dg.MetadataValue.int(total("received")),
+        "events_inserted": dg.MetadataValue.int(total("inserted")),
+        "events_updated": dg.MetadataValue.int(total("updated")),
     }
-    for s in result.streams:
-        md[f"stream/{s.stream_key}"] = dg.MetadataValue.json({
-            "status": s.status.value, "pages": s.pages, "requests": s.requests, "inserted": s.inserted,
-            "updated": s.updated, "high_water_id": s.high_water_id, "pass_cursor": s.pass_cursor,
-            "error_code": s.error_code, "http_status": s.http_status, "gap_suspected": s.gap_suspected,
-        })
+    for r in results[:50]:  # per-stream detail for small runs; totals above always
+        for s in r.streams:
+            md[f"{r.account_key}/{s.stream_key}"] = dg.MetadataValue.json({
+                "status": s.status.value, "pages": s.pages, "requests": s.requests, "inserted": s.inserted,
+                "updated": s.updated, "high_water_id": s.high_water_id, "pass_cursor": s.pass_cursor,
+                "error_code": s.error_code, "http_status": s.http_status, "gap_suspected": s.gap_suspected,
+            })
     return md
+
+
+CHECKS = [
+    dg.AssetCheckSpec("reconciliation", asset="dm_history",
+                      description="audit inserts of committed pages equal the stored rows, per account"),
+    dg.AssetCheckSpec("freshness", asset="dm_history", description="every stream succeeded recently"),
+    dg.AssetCheckSpec("gap_suspected", asset="dm_history",
+                      description="no windowed pass ended short of the previous high-water mark"),
+    dg.AssetCheckSpec("redaction", asset="dm_sync_audit",
+                      description="no audit value equals or contains a stored message text (checked in SQL)"),
+]
 
 
 @dg.multi_asset(
@@ -47,31 +70,46 @@ def sync_metadata(result: SyncResult) -> dict[str, dg.MetadataValue]:
         dg.AssetSpec("dm_sync_audit", description="Redacted audit: IDs, cursors, counts, status.",
                      group_name="dm", kinds={"postgres"}),
     ],
+    check_specs=CHECKS,
     partitions_def=accounts_partitions,
+    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=ACCOUNTS_PER_RUN),
     can_subset=False,
     retry_policy=dg.RetryPolicy(max_retries=2, delay=5),  # safe: every page is a checkpoint
 )
 def dm_history_assets(context: dg.AssetExecutionContext, config: SyncConfig, warehouse: WarehouseResource,
-                      providers: ProvidersResource) -> Iterator[dg.MaterializeResult]:
+                      providers: ProvidersResource) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     settings = load_settings()
-    account = providers.account(context.partition_key)
-    limits = RunLimits(max_pages=config.max_pages or settings.page_budget,
-                       time_budget_s=settings.time_budget_s, sweep=config.sweep)
-    with http_client(providers.http_timeout_s) as http:
-        engine = warehouse.engine()
-        client = build_client(account, http, env_var_token, engine=engine)
-        result = sync_account(engine, client, context.run_id, limits)
-    metadata = sync_metadata(result)
-    context.log.info(f"account={account.key} status={result.status.value} pages={result.total('pages')} "
-                     f"inserted={result.total('inserted')} updated={result.total('updated')}")
-    if result.status is StreamStatus.FAILED:
-        codes = sorted({s.error_code or "error" for s in result.streams if s.status is StreamStatus.FAILED})
-        raise dg.Failure(description=f"sync of {account.key} failed: {', '.join(codes)} "
+    accounts = [providers.account(k) for k in context.partition_keys]
+    sweep = config.sweep or context.run.tags.get(SWEEP_TAG, "").lower() in {"1", "true", "yes"}
+    limits = RunLimits(max_pages=config.max_pages or settings.page_budget, time_budget_s=settings.time_budget_s,
+                       sweep=sweep)
+    engine = warehouse.engine()
+    results = sync_accounts(engine, accounts, context.run_id, limits, per_provider=config.per_provider,
+                            lookup=env_var_token)
+    metadata = sync_metadata(results)
+    for r in results:
+        context.log.info(f"account={r.account_key} status={r.status.value} pages={r.total('pages')} "
+                         f"inserted={r.total('inserted')} updated={r.total('updated')}")
+    failed = [r for r in results if r.status is StreamStatus.FAILED]
+    if failed:
+        codes = sorted({s.error_code or "error" for r in failed for s in r.streams if s.status is StreamStatus.FAILED})
+        raise dg.Failure(description=f"sync failed for {len(failed)} of {len(results)} accounts: {', '.join(codes)} "
                                      "(committed pages are kept; the next run resumes)", metadata=metadata,
                          allow_retries=set(codes) <= TRANSIENT_CODES)
     yield dg.MaterializeResult(asset_key="dm_history", metadata=metadata)
-    yield dg.MaterializeResult(asset_key="dm_sync_audit", metadata={
-        "pages": metadata["pages"], "status": metadata["status"]})
+    yield dg.MaterializeResult(asset_key="dm_sync_audit", metadata={"pages": metadata["pages"],
+                                                                    "status": metadata["status"]})
+    keys = [a.key for a in accounts]
+    outcomes = {
+        "reconciliation": (checks.reconciliation(engine, keys), dg.AssetCheckSeverity.ERROR, "dm_history"),
+        "freshness": (checks.freshness(engine, keys, config.freshness_max_lag_s), dg.AssetCheckSeverity.WARN,
+                      "dm_history"),
+        "gap_suspected": (checks.gap_suspected(engine, keys), dg.AssetCheckSeverity.WARN, "dm_history"),
+        "redaction": (checks.redaction(engine, keys, context.run_id), dg.AssetCheckSeverity.ERROR, "dm_sync_audit"),
+    }
+    for name, (outcome, severity, asset) in outcomes.items():
+        yield dg.AssetCheckResult(check_name=name, asset_key=asset, passed=outcome.passed, severity=severity,
+                                  metadata=outcome.metadata)
 
 
 dm_sync_job = dg.define_asset_job("dm_sync_job", selection=[dm_history_assets],

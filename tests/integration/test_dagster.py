@@ -88,3 +88,41 @@ def test_the_accounts_sensor_registers_partitions(accounts_file) -> None:  # typ
         result = accounts_sensor(dg.build_sensor_context(instance=instance))
         (request,) = result.dynamic_partitions_requests
         assert sorted(request.partition_keys) == sorted(a.key for a in accounts_file)
+
+
+def test_one_run_syncs_a_range_of_accounts_concurrently_and_checks_pass(engine, db_url, sim,  # type: ignore[no-untyped-def]
+                                                                        accounts_file) -> None:
+    keys = [a.key for a in accounts_file]
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(accounts_partitions.name, keys)
+        job = defs.resolve_job_def("dm_sync_job")
+        result = job.execute_in_process(
+            instance=instance, raise_on_error=False,
+            resources={"warehouse": WarehouseResource(database_url=db_url)},
+            tags={"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]})
+        assert result.success
+        for account in accounts_file:
+            assert_equals_truth(engine, account.key, sim.world.truth(account.user_id))
+        md = result.asset_materializations_for_node("dm_history_assets")[0].metadata
+        assert md["accounts"].value == len(keys)
+        evaluations = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+        assert evaluations == {"reconciliation": True, "freshness": True, "gap_suspected": True, "redaction": True}
+
+
+def test_the_redaction_check_catches_a_text_in_the_audit(engine, db_url, sim, accounts_file) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy import text
+
+    from dm_pipeline import checks
+
+    account = accounts_file[0]
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(accounts_partitions.name, [account.key])
+        assert _run(account.key, db_url, instance).success
+    assert checks.redaction(engine, [account.key]).passed
+    with engine.begin() as conn:  # simulate a leak: a message text written as an audit cursor
+        conn.execute(text("UPDATE dm_audit.dm_sync_audit SET cursor_in = (SELECT text FROM dm_private.dm_history "
+                          "WHERE length(text) >= 8 LIMIT 1) WHERE audit_id = (SELECT min(audit_id) FROM "
+                          "dm_audit.dm_sync_audit)"))
+    outcome = checks.redaction(engine, [account.key])
+    assert not outcome.passed and len(outcome.metadata["leaking_message_ids"]) >= 1
+    assert checks.reconciliation(engine, [account.key]).passed
