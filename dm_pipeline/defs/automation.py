@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 
 import dagster as dg
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from dm_pipeline.accounts import load_accounts
-from dm_pipeline.defs.assets import dm_sync_job
+from dm_pipeline.defs.assets import ACCOUNTS_PER_RUN, dm_sync_job
 from dm_pipeline.defs.partitions import accounts_partitions
 from dm_pipeline.settings import load_settings
 
@@ -31,10 +32,24 @@ def accounts_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
                            run_requests=[dg.RunRequest(partition_key=k) for k in added])
 
 
+def chunked_run_requests(keys: list[str], per_run: int, tick: str) -> list[dg.RunRequest]:
+    """One run per chunk of consecutive partition keys (a partition range), not one per account: a tick
+    over 1,000 accounts launches ceil(1000 / per_run) runs that sync their accounts concurrently."""
+    requests = []
+    for i in range(0, len(keys), per_run):
+        chunk = keys[i:i + per_run]
+        if len(chunk) == 1:
+            requests.append(dg.RunRequest(run_key=f"{chunk[0]}:{tick}", partition_key=chunk[0]))
+        else:
+            requests.append(dg.RunRequest(run_key=f"{chunk[0]}..{chunk[-1]}:{tick}", tags={
+                ASSET_PARTITION_RANGE_START_TAG: chunk[0], ASSET_PARTITION_RANGE_END_TAG: chunk[-1]}))
+    return requests
+
+
 @dg.schedule(job=dm_sync_job, cron_schedule=os.environ.get("DM_PIPELINE_CRON", "*/15 * * * *"),
              default_status=dg.DefaultScheduleStatus.RUNNING)
 def every_account_schedule(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest]:
-    # The built-in partitioned-schedule helper refuses dynamic partitions: request each key ourselves.
-    keys = context.instance.get_dynamic_partitions(accounts_partitions.name or "accounts")
+    # The built-in partitioned-schedule helper refuses dynamic partitions: request the keys ourselves.
+    keys = list(context.instance.get_dynamic_partitions(accounts_partitions.name or "accounts"))
     tick = context.scheduled_execution_time.isoformat() if context.scheduled_execution_time else "manual"
-    return [dg.RunRequest(run_key=f"{k}:{tick}", partition_key=k) for k in keys]
+    return chunked_run_requests(keys, ACCOUNTS_PER_RUN, tick)

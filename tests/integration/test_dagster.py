@@ -126,3 +126,14 @@ def test_the_redaction_check_catches_a_text_in_the_audit(engine, db_url, sim, ac
     outcome = checks.redaction(engine, [account.key])
     assert not outcome.passed and len(outcome.metadata["leaking_message_ids"]) >= 1
     assert checks.reconciliation(engine, [account.key]).passed
+
+
+def test_the_schedule_requests_one_run_per_chunk_of_accounts() -> None:
+    from dm_pipeline.defs.automation import chunked_run_requests
+
+    keys = [f"acct-{i:04d}" for i in range(1000)]
+    requests = chunked_run_requests(keys, 50, "t0")
+    assert len(requests) == 20
+    assert requests[0].tags["dagster/asset_partition_range_start"] == "acct-0000"
+    assert requests[-1].tags["dagster/asset_partition_range_end"] == "acct-0999"
+    assert len({r.run_key for r in requests}) == 20
