@@ -74,6 +74,7 @@ CHECKS = [
     partitions_def=accounts_partitions,
     backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=ACCOUNTS_PER_RUN),
     can_subset=False,
+    pool="dm_sync",
     retry_policy=dg.RetryPolicy(max_retries=2, delay=5),  # safe: every page is a checkpoint
 )
 def dm_history_assets(context: dg.AssetExecutionContext, config: SyncConfig, warehouse: WarehouseResource,

@@ -32,17 +32,29 @@ def accounts_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
                            run_requests=[dg.RunRequest(partition_key=k) for k in added])
 
 
-def chunked_run_requests(keys: list[str], per_run: int, tick: str) -> list[dg.RunRequest]:
+PROVIDER_TAG = "dm_pipeline/provider"  # dagster.yaml limits concurrent runs per value of this tag
+
+
+def chunked_run_requests(keys: list[str], per_run: int, tick: str,
+                         provider_of: dict[str, str] | None = None) -> list[dg.RunRequest]:
     """One run per chunk of consecutive partition keys (a partition range), not one per account: a tick
-    over 1,000 accounts launches ceil(1000 / per_run) runs that sync their accounts concurrently."""
+    over 1,000 accounts launches ceil(1000 / per_run) runs that sync their accounts concurrently. A chunk
+    never mixes providers, so each run carries its provider tag for the per-provider run limit."""
+    provider_of = provider_of or {}
+    chunks: list[list[str]] = []
+    for key in keys:  # consecutive keys of one provider, at most per_run each
+        if chunks and len(chunks[-1]) < per_run and provider_of.get(chunks[-1][0]) == provider_of.get(key):
+            chunks[-1].append(key)
+        else:
+            chunks.append([key])
     requests = []
-    for i in range(0, len(keys), per_run):
-        chunk = keys[i:i + per_run]
+    for chunk in chunks:
+        tags = {PROVIDER_TAG: provider_of[chunk[0]]} if chunk[0] in provider_of else {}
         if len(chunk) == 1:
-            requests.append(dg.RunRequest(run_key=f"{chunk[0]}:{tick}", partition_key=chunk[0]))
+            requests.append(dg.RunRequest(run_key=f"{chunk[0]}:{tick}", partition_key=chunk[0], tags=tags))
         else:
             requests.append(dg.RunRequest(run_key=f"{chunk[0]}..{chunk[-1]}:{tick}", tags={
-                ASSET_PARTITION_RANGE_START_TAG: chunk[0], ASSET_PARTITION_RANGE_END_TAG: chunk[-1]}))
+                **tags, ASSET_PARTITION_RANGE_START_TAG: chunk[0], ASSET_PARTITION_RANGE_END_TAG: chunk[-1]}))
     return requests
 
 
@@ -51,5 +63,7 @@ def chunked_run_requests(keys: list[str], per_run: int, tick: str) -> list[dg.Ru
 def every_account_schedule(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest]:
     # The built-in partitioned-schedule helper refuses dynamic partitions: request the keys ourselves.
     keys = list(context.instance.get_dynamic_partitions(accounts_partitions.name or "accounts"))
+    provider_of = {a.key: a.provider.value for a in load_accounts(load_settings().accounts_file)}
     tick = context.scheduled_execution_time.isoformat() if context.scheduled_execution_time else "manual"
-    return chunked_run_requests(keys, ACCOUNTS_PER_RUN, tick)
+    # A partition whose account left the file is not requested: its data stays, nothing syncs it.
+    return chunked_run_requests([k for k in keys if k in provider_of], ACCOUNTS_PER_RUN, tick, provider_of)

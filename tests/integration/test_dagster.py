@@ -137,3 +137,5 @@ def test_the_schedule_requests_one_run_per_chunk_of_accounts() -> None:
     assert requests[0].tags["dagster/asset_partition_range_start"] == "acct-0000"
     assert requests[-1].tags["dagster/asset_partition_range_end"] == "acct-0999"
     assert len({r.run_key for r in requests}) == 20
+    mixed = chunked_run_requests(["a", "b", "c", "d"], 50, "t1", {"a": "x", "b": "x", "c": "xquik", "d": "x"})
+    assert [r.tags.get("dm_pipeline/provider") for r in mixed] == ["x", "xquik", "x"]
