@@ -1,0 +1,92 @@
+"""Shared plumbing for the benchmark scripts: a fresh database on the embedded server, a simulator in
+its own process (so it does not share our GIL), and an accounts file for it."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+from sqlalchemy import create_engine, text
+
+from dm_pipeline.db.engine import ensure_database, start_embedded
+from dm_pipeline.db.migrate import upgrade
+from dm_pipeline.settings import load_settings
+
+SIM_SNIPPET = """
+import sys, threading
+from dm_pipeline.simulator import Simulator, World
+world = World(seed=int(sys.argv[1]), accounts=int(sys.argv[2]), users=max(12, int(sys.argv[2]) + 4),
+              events_per_account=int(sys.argv[3]))
+sim = Simulator(world, port=int(sys.argv[4]), rate_limit=10**9)
+sim.start()
+print(sim.url, flush=True)
+threading.Event().wait()
+"""
+
+
+@contextlib.contextmanager
+def fresh_database(prefix: str) -> Iterator[str]:
+    base = start_embedded(load_settings().home / "bench-pgdata")
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    url = ensure_database(base, name).render_as_string(hide_password=False)
+    upgrade(url)
+    try:
+        yield url
+    finally:
+        admin = create_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@contextlib.contextmanager
+def simulator_process(accounts: int, events_per_account: int, seed: int = 7, port: int = 0) -> Iterator[str]:
+    import socket
+
+    if not port:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-c", SIM_SNIPPET, str(seed), str(accounts), str(events_per_account),
+                             str(port)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        if not url:
+            raise RuntimeError("the simulator did not start")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def sim_accounts(url: str) -> list[dict[str, str]]:
+    return list(httpx.get(f"{url}/_sim/accounts", timeout=60).json()["accounts"])
+
+
+def write_accounts_file(path: Path, url: str, accounts: list[dict[str, str]], page_size: int = 100) -> None:
+    lines = ["accounts:"]
+    for i, a in enumerate(accounts):
+        lines += [f"  - key: acct-{i:05d}", "    provider: x", f"    user_id: \"{a['user_id']}\"",
+                  f"    base_url: {url}", f"    token_env: BENCH_TOKEN_{i}", f"    page_size: {page_size}"]
+        os.environ[f"BENCH_TOKEN_{i}"] = a["token"]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def emit(results: dict[str, object], out: Path | None = None) -> None:
+    blob = json.dumps(results, indent=2, default=str)
+    print(blob)
+    if out:
+        out.write_text(blob + "\n")
+
+
+def stopwatch() -> float:
+    return time.perf_counter()
