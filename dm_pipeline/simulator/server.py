@@ -1,40 +1,51 @@
-"""The simulator's loopback HTTP server: provider routes (table-driven), faults, rate limits, a request
-log, and `/_sim/*` control endpoints so tests in other processes (and the CLI) can drive the world.
+"""The simulator's loopback HTTP server: three providers on one port (X at the root, Xquik under
+`/xquik/api/v1`, GetXAPI under `/getxapi`), table-driven routes, faults, rate limits, a request log, and
+`/_sim/*` control endpoints (see `control`) so tests in other processes (and the CLI) can drive it.
 
-It never logs request lines or bodies: responses carry message text.
+Per request: the provider identifies the account (X: bearer token; Xquik: API key, then `account`;
+GetXAPI: API key, then the body's `auth_token`), a queued fault for that account and route may take
+over, then the route's rate-limit window (per provider and account, shared by a provider's routes) is
+charged and the route answers. It never logs request lines or bodies: responses carry message text.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
+from dm_pipeline.simulator.control import CONTROL
 from dm_pipeline.simulator.faults import Ctx, Fault, Faults, Reply, Route, body_fault_reply
+from dm_pipeline.simulator.getxapi import GetXApi
+from dm_pipeline.simulator.oauth import OAuthServer
 from dm_pipeline.simulator.world import World
 from dm_pipeline.simulator.x_api import XApi
+from dm_pipeline.simulator.xquik import XquikApi
 
 
 class ProviderApi(Protocol):
-    """What the server needs from a provider module (X now; Xquik and GetXAPI later)."""
+    """What the server needs from a provider module."""
 
     name: str
+    prefix: str                          # mount point, "" for the root
+    rate_headers: bool                   # send x-rate-limit-* (X); else only Retry-After on 429s
     routes: Mapping[tuple[str, str], Route]
 
-    def authenticate(self, headers: Mapping[str, str]) -> str | None: ...
-    def unauthorized(self) -> Reply: ...
-    def rate_limited(self) -> Reply: ...
+    def identify(self, ctx: Ctx) -> bool: ...      # sets ctx.user_id; False: answer unauthorized()
+    def unauthorized(self, ctx: Ctx) -> Reply: ...
+    def rate_limited(self, ctx: Ctx) -> Reply: ...
+    def not_found(self) -> Reply: ...
+    def malformed(self) -> bytes: ...
     def fault_reply(self, fault: Fault, ctx: Ctx) -> Reply: ...
-    def mutate(self, fault: Fault, reply: Reply, ctx: Ctx) -> Reply: ...
 
 
 @dataclass(frozen=True)
@@ -77,6 +88,12 @@ class RateLimiter:
                     "x-rate-limit-remaining": str(max(0, self.limit - int(used))),
                     "x-rate-limit-reset": str(int(start + self.window_s))}
 
+    def retry_after(self, key: Any) -> int:
+        """Whole seconds until the key's window ends (at least 1)."""
+        with self._lock:
+            start = self._window(key)[0]
+            return max(1, math.ceil(start + self.window_s - self._clock()))
+
     def reset(self) -> None:
         with self._lock:
             self._windows.clear()
@@ -107,14 +124,14 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_DELETE = do_PUT = do_PATCH = _dispatch
 
 
-ControlHandler = Callable[["Simulator", dict[str, list[str]], Any], Any]
-
-
 class Simulator:
+    """One world served by X, Xquik and GetXAPI. `clock` drives rate-limit windows and OAuth expiry."""
+
     def __init__(self, world: World, host: str = "127.0.0.1", port: int = 0, rate_limit: int = 300,
-                 rate_window_s: int = 900, *, clock: Callable[[], float] = time.time) -> None:
+                 rate_window_s: int = 900, *, clock: Callable[[], float] = time.time,
+                 xquik_credits: int = 1_000_000, xquik_page_size: int = 20, oauth_client_id: str | None = None,
+                 oauth_client_secret: str | None = None) -> None:
         self.world = world
-        self.faults = Faults()
         self.on_request: Callable[[RequestInfo], None] | None = None
         self.request_log: list[tuple[str | None, str, int, dict[str, str]]] = []
         self.limiter = RateLimiter(rate_limit, rate_window_s, clock)
@@ -125,9 +142,15 @@ class Simulator:
         self._stopping = threading.Event()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
-        self.providers: list[ProviderApi] = [XApi(world)]
-        self._routes = [(method, re.compile(pattern), api, route)
+        self.oauth = OAuthServer(f"dm-sim-oauth-{world.seed}".encode(), clock, oauth_client_id, oauth_client_secret)
+        self.x = XApi(world, self.oauth)
+        self.xquik = XquikApi(world, page_size=xquik_page_size, credits=xquik_credits)
+        self.getxapi = GetXApi(world)
+        self.providers: list[ProviderApi] = [self.x, self.xquik, self.getxapi]
+        self._routes = [(method, re.compile(api.prefix + pattern), api, route)
                         for api in self.providers for (method, pattern), route in api.routes.items()]
+        self.route_faults: dict[str, frozenset[str]] = {r.name: r.faults for _, _, _, r in self._routes}
+        self.faults = Faults(self._validate_fault)
 
     # --- lifecycle ----------------------------------------------------------------------------
     def start(self) -> Simulator:
@@ -163,17 +186,65 @@ class Simulator:
         host, port = self._server.server_address[:2]
         return f"http://{host!s}:{port}"
 
+    def base_url(self, provider: str) -> str:
+        """An account's `base_url` for provider "x", "xquik" or "getxapi"."""
+        return self.url + {"x": self.x.prefix, "xquik": self.xquik.prefix, "getxapi": self.getxapi.prefix}[provider]
+
+    # --- provider state -----------------------------------------------------------------------
+    @property
+    def xquik_credits(self) -> int:
+        """The Xquik key's credit balance (settable)."""
+        return self.xquik.credits
+
+    @xquik_credits.setter
+    def xquik_credits(self, balance: int) -> None:
+        self.xquik.credits = balance
+
+    @property
+    def xquik_credits_used(self) -> int:
+        return self.xquik.credits_used
+
+    def truth(self, user_id: str, route: str = "dm_events", *, shape: str = "canonical") -> list[dict[str, Any]]:
+        """`world.truth()` (shape "canonical": X v2 field names), or exactly what a full walk of the
+        route serves (shape "provider": Xquik messages, GetXAPI messages or events; X is canonical)."""
+        if shape == "canonical":
+            return self.world.truth(user_id, route)
+        if shape != "provider":
+            raise ValueError(f"unknown shape {shape!r}; use canonical or provider")
+        base, _, arg = route.partition(":")
+        if base == "xquik":
+            return self.xquik.truth(user_id, arg)
+        if base in ("getxapi", "getxapi_events"):
+            return self.getxapi.truth(user_id, arg, events=base == "getxapi_events")
+        return self.world.truth(user_id, route)
+
+    def _validate_fault(self, route: str, kind: str) -> None:
+        if route == "*":
+            return
+        honoured = self.route_faults.get(route)
+        if honoured is None:
+            raise ValueError(f"unknown route {route!r}; known: {sorted(self.route_faults)}")
+        if kind not in honoured:
+            raise ValueError(f"route {route!r} does not honour fault {kind!r}; it honours {sorted(honoured)}")
+
     # --- request log --------------------------------------------------------------------------
     def requests(self, user_id: str | None = None, route: str | None = None) -> int:
         with self._lock:
             return sum(1 for u, r, _, _ in self.request_log
                        if (user_id is None or u == user_id) and (route is None or r == route))
 
+    @staticmethod
+    def _logged_query(ctx: Ctx) -> dict[str, str]:
+        return ctx.log_query if ctx.log_query is not None else {k: v[0] for k, v in ctx.query.items()}
+
     def _log(self, ctx: Ctx, status: int) -> None:
         with self._lock:
-            self.request_log.append((ctx.user_id, ctx.route, status, {k: v[0] for k, v in ctx.query.items()}))
+            self.request_log.append((ctx.user_id, ctx.route, status, self._logged_query(ctx)))
 
     # --- dispatch -----------------------------------------------------------------------------
+    def _provider_for(self, path: str) -> ProviderApi:
+        return next((p for p in self.providers if p.prefix and (path + "/").startswith(p.prefix + "/")), self.x)
+
     def _dispatch(self, h: _Handler) -> None:
         url = urlsplit(h.path)
         query = parse_qs(url.query, keep_blank_values=True)
@@ -187,10 +258,10 @@ class Simulator:
                 m = rx.fullmatch(url.path)
                 if m and method == h.command:
                     headers = {k.lower(): v for k, v in h.headers.items()}
-                    ctx = Ctx(h.command, url.path, query, headers, route.name, m.groupdict())
+                    ctx = Ctx(h.command, url.path, query, headers, route.name, m.groupdict(), body=raw_body)
                     self._provider_request(h, api, route, ctx)
                     return
-            self._send(h, Reply(404, {"errors": [{"message": "Sorry, that page does not exist", "code": 34}]}))
+            self._send(h, self._provider_for(url.path).not_found())
         except (BrokenPipeError, ConnectionResetError):
             h.close_connection = True       # the client went away (tests kill clients mid-request)
         except Exception as exc:            # a simulator bug must surface as a 500, not a hang
@@ -199,19 +270,19 @@ class Simulator:
                                 content_type="application/problem+json"))
 
     def _provider_request(self, h: _Handler, api: ProviderApi, route: Route, ctx: Ctx) -> None:
-        ctx.user_id = api.authenticate(ctx.headers)
+        authenticated = api.identify(ctx)
         with self._lock:
             ctx.seq = self._seq[ctx.user_id] = self._seq.get(ctx.user_id, 0) + 1
         if self.on_request is not None:
-            self.on_request(RequestInfo(ctx.user_id, ctx.route, ctx.method, ctx.path,
-                                        {k: v[0] for k, v in ctx.query.items()}, ctx.seq))
+            self.on_request(RequestInfo(ctx.user_id, ctx.route, ctx.method, ctx.path, self._logged_query(ctx),
+                                        ctx.seq))
         key = (api.name, ctx.user_id or "anonymous")    # one window per account, shared by its routes
-        if ctx.user_id is None:
-            reply = api.unauthorized()
-            reply.headers.update(self.limiter.headers(key))
+        if not authenticated:
+            reply = api.unauthorized(ctx)
+            self._limit_headers(api, reply, key)
             self._finish(h, ctx, reply)
             return
-        fault = self.faults.take(ctx.user_id, ctx.route)
+        fault = self.faults.take(ctx.user_id, ctx.route, route.faults)
         if fault is not None and fault.kind == "drop":
             self._log(ctx, 0)
             h.close_connection = True
@@ -220,25 +291,37 @@ class Simulator:
             self._stopping.wait(float(fault.params.get("delay_s", 5.0)))
         if fault is not None and fault.phase == "status":
             reply = api.fault_reply(fault, ctx)
-            reply.headers.update(self.limiter.headers(key))
-            if fault.kind == "429":
-                self._rate_limited_headers(reply, fault.params)
+            if route.limited:
+                self._limit_headers(api, reply, key)
+            self._fault_headers(api, reply, fault)
         elif fault is not None and fault.phase == "body":
-            reply = body_fault_reply(fault)
-        elif not self.limiter.consume(key):
-            reply = api.rate_limited()
-            reply.headers.update(self.limiter.headers(key))
+            reply = body_fault_reply(fault, api.malformed())
+        elif route.limited and not self.limiter.consume(key):
+            reply = api.rate_limited(ctx)
+            self._limit_headers(api, reply, key)
+            if not api.rate_headers:
+                reply.headers["Retry-After"] = str(self.limiter.retry_after(key))
         else:
+            ctx.fault = fault if fault is not None and fault.phase == "mutate" else None
             reply = route.handler(ctx)
-            reply.headers.update(self.limiter.headers(key))
-            if fault is not None and fault.phase == "mutate":
-                reply = api.mutate(fault, reply, ctx)
+            if route.limited:
+                self._limit_headers(api, reply, key)
         self._finish(h, ctx, reply, truncate=fault is not None and fault.kind == "truncated")
 
-    def _rate_limited_headers(self, reply: Reply, params: Mapping[str, Any]) -> None:
-        reply.headers["x-rate-limit-remaining"] = "0"
-        if params.get("reset_in") is not None:
-            reply.headers["x-rate-limit-reset"] = str(int(self._clock()) + int(params["reset_in"]))
+    def _limit_headers(self, api: ProviderApi, reply: Reply, key: Any) -> None:
+        if api.rate_headers:
+            reply.headers.update(self.limiter.headers(key))
+
+    def _fault_headers(self, api: ProviderApi, reply: Reply, fault: Fault) -> None:
+        params = fault.params
+        if fault.kind == "429" and api.rate_headers:
+            if params.get("rate_headers", True) is False:
+                for name in [k for k in reply.headers if k.startswith("x-rate-limit-")]:
+                    del reply.headers[name]
+            else:
+                reply.headers["x-rate-limit-remaining"] = "0"
+                if params.get("reset_in") is not None:
+                    reply.headers["x-rate-limit-reset"] = str(int(self._clock()) + int(params["reset_in"]))
         if params.get("retry_after") is not None:
             reply.headers["Retry-After"] = str(int(params["retry_after"]))
 
@@ -269,7 +352,7 @@ class Simulator:
         try:
             body = json.loads(raw) if raw else {}
             return Reply(200, handler(self, query, body))
-        except (KeyError, ValueError, TypeError) as exc:
+        except (LookupError, ValueError, TypeError) as exc:
             return Reply(400, {"error": f"{type(exc).__name__}: {exc}"})
 
     def stats(self) -> dict[str, Any]:
@@ -279,80 +362,6 @@ class Simulator:
                 per = counts.setdefault(user or "anonymous", {})
                 per[route] = per.get(route, 0) + 1
             total = len(self.request_log)
-        return {"requests": counts, "total": total, "now": _iso(self.world.now),
-                "pending_faults": self.faults.pending()}
-
-
-def _iso(dt: datetime) -> str:
-    return dt.isoformat().replace("+00:00", "Z")
-
-
-def _q(query: dict[str, list[str]], name: str, default: str | None = None) -> str:
-    values = query.get(name)
-    if values:
-        return values[0]
-    if default is None:
-        raise KeyError(name)
-    return default
-
-
-def _truth(sim: Simulator, query: dict[str, list[str]], _: Any) -> Any:
-    world, user_id = sim.world, _q(query, "user_id")
-    data = world.truth(user_id, _q(query, "route", "dm_events"))
-    if _q(query, "includes", "0") not in ("1", "true"):
-        return data
-    events = [e for e in (world.event(d["id"]) for d in data) if e is not None]
-    inc = world.includes_for(events, ("sender_id", "participant_ids", "attachments.media_keys",
-                                      "referenced_tweets.id"))
-    return {"data": data, "includes": {k: [o.as_dict() for o in v] for k, v in inc.items()}}
-
-
-def _advance(sim: Simulator, _: Any, body: dict[str, Any]) -> Any:
-    ids = sim.world.advance(body.get("user_id"), int(body.get("n", 0)), deletions=int(body.get("deletions", 0)),
-                            seconds=float(body.get("seconds", 60.0)), edits=int(body.get("edits", 0)))
-    return {"ids": ids, "now": _iso(sim.world.now)}
-
-
-def _inject(sim: Simulator, _: Any, body: dict[str, Any]) -> Any:
-    params = {k: v for k, v in body.items() if k not in ("user_id", "route", "kind", "count")}
-    sim.faults.inject(body.get("user_id"), body.get("route", "dm_events"), str(body["kind"]),
-                      int(body.get("count", 1)), **params)
-    return {"pending": sim.faults.pending()}
-
-
-def _clear_faults(sim: Simulator, _: Any, __: Any) -> Any:
-    sim.faults.clear()
-    return {"pending": []}
-
-
-def _accounts(sim: Simulator, _: Any, __: Any) -> Any:
-    w = sim.world
-    return {"accounts": [{"user_id": a, "username": w.user(a).username, "token": w.token_for(a)}
-                         for a in w.accounts()]}
-
-
-def _delete(sim: Simulator, _: Any, body: dict[str, Any]) -> Any:
-    return {"deleted": sim.world.delete(str(body["event_id"]))}
-
-
-def _rate_limit(sim: Simulator, _: Any, body: dict[str, Any]) -> Any:
-    lim = sim.limiter
-    lim.limit = int(body.get("limit", lim.limit))
-    lim.window_s = int(body.get("window_s", lim.window_s))
-    if body.get("reset", True):
-        lim.reset()
-    return {"limit": lim.limit, "window_s": lim.window_s}
-
-
-CONTROL: dict[tuple[str, str], ControlHandler] = {
-    ("GET", "/_sim/health"): lambda sim, _, __: {"ok": True, "now": _iso(sim.world.now)},
-    ("GET", "/_sim/truth"): _truth,
-    ("POST", "/_sim/advance"): _advance,
-    ("POST", "/_sim/delete"): _delete,
-    ("GET", "/_sim/faults"): lambda sim, _, __: {"pending": sim.faults.pending()},
-    ("POST", "/_sim/faults"): _inject,
-    ("DELETE", "/_sim/faults"): _clear_faults,
-    ("GET", "/_sim/stats"): lambda sim, _, __: sim.stats(),
-    ("GET", "/_sim/accounts"): _accounts,
-    ("POST", "/_sim/rate_limit"): _rate_limit,
-}
+        return {"requests": counts, "total": total, "now": self.world.now.isoformat().replace("+00:00", "Z"),
+                "pending_faults": self.faults.pending(), "oauth": self.oauth.stats(),
+                "xquik": {"balance": self.xquik.credits, "credits_used": self.xquik.credits_used}}

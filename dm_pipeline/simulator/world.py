@@ -2,249 +2,112 @@
 
 Everything derives from `random.Random(seed)` and a virtual clock (`World.now`) that only `advance()`
 moves, so two worlds built with the same arguments are identical and tests can compare a warehouse with
-`truth()` exactly. Event dicts use X API v2 field names, the richest shape of the three providers; the
-provider route modules select and rename fields from them.
+`truth()` exactly. Provider-specific facts (GetXAPI tabs and trust events, API keys, auth_tokens) derive
+from the seed through separate generators, so they never change the X-visible world.
+
+Streams ("routes") an account can read, newest first, as `page()` / `truth()` keys:
+
+- `dm_events`                     every conversation of the account, last 30 days of `now`
+- `dm_conversation:{id}`          one conversation the account is in, no window
+- `dm_conversation_with:{user}`   the account's 1:1 with `user`, no window
+- `xquik:{user}`                  the same 1:1, MessageCreate only (Xquik history)
+- `getxapi:{tab}`                 MessageCreate events of the tab's conversations, no window (`messages`)
+- `getxapi_events:{tab}`          their join/leave events plus the tab's trust events (GetXAPI `events`)
+
+`truth()` renders every key in X v2 field names (trust events as `event_type: TrustConversation`);
+`Simulator.truth(..., shape="provider")` renders them as the provider serves them.
+
+GetXAPI tabs: per account, groups and account-to-account 1:1s are in `all`; of its other 1:1s (ordered by
+a seeded shuffle) the first goes to `hidden` when it has three or more, the next to `requests` when it has
+two or more, the rest to `all`. Tabs never change. A 1:1 in `all` whose first message came from the peer
+(a message request) and that the account answered later has one trust event (`reason: accept`) 1 ms
+before the account's first reply; its ID is a snowflake of that instant with sequence 4095, never an X
+event's ID. Trust events are fixed at construction (later deletions do not move them).
 """
 
 from __future__ import annotations
 
+import hashlib
+import heapq
 import random
 import threading
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime, timedelta
+from itertools import islice
 from typing import Any
 
-TWEPOCH_MS = 1288834974657          # X snowflake epoch
-DEFAULT_START = datetime(2026, 1, 15, tzinfo=UTC)
-HISTORY_DAYS = 20                   # initial history spread; inside the 30-day window of /2/dm_events
-ROUTE_WINDOW_DAYS: dict[str, int | None] = {"dm_events": 30}
+from dm_pipeline.simulator.model import (
+    _ASCII,
+    _CASHTAGS,
+    _HASHTAGS,
+    _UNICODE,
+    DEFAULT_START,
+    EVENT_TYPES,
+    HISTORY_DAYS,
+    MESSAGE_CREATE,
+    PARTICIPANTS_JOIN,
+    PARTICIPANTS_LEAVE,
+    ROUTE_WINDOW_DAYS,
+    TABS,
+    TRUST_CONVERSATION,
+    TWEPOCH_MS,
+    SimConversation,
+    SimEvent,
+    SimMedia,
+    SimTweet,
+    SimUser,
+    WindowPage,
+    _build_text_pool,
+    iso_ms,
+    snowflake,
+    snowflake_ms,
+    to_ms,
+)
 
-MESSAGE_CREATE = "MessageCreate"
-PARTICIPANTS_JOIN = "ParticipantsJoin"
-PARTICIPANTS_LEAVE = "ParticipantsLeave"
-EVENT_TYPES = (MESSAGE_CREATE, PARTICIPANTS_JOIN, PARTICIPANTS_LEAVE)
-
-
-def to_ms(dt: datetime) -> int:
-    return int(dt.timestamp() * 1000)
-
-
-def iso_ms(ms: int) -> str:
-    """`2026-01-14T08:03:11.123Z`: the format X uses for `created_at`."""
-    dt = datetime.fromtimestamp(ms // 1000, UTC)
-    return f"{dt:%Y-%m-%dT%H:%M:%S}.{ms % 1000:03d}Z"
-
-
-def snowflake(ms: int, seq: int = 0) -> int:
-    return ((ms - TWEPOCH_MS) << 22) | seq
-
-
-def snowflake_ms(num: int) -> int:
-    return (num >> 22) + TWEPOCH_MS
-
-
-# ---------------------------------------------------------------------------------------------- text
-# Fragments chosen to break naive pipelines: grapheme clusters (ZWJ, skin tones, flags), RTL and mixed
-# bidi, CJK, combining marks, invisible characters, quotes/backslashes/newlines, SQL and HTML look-alikes.
-_ASCII = [
-    "hey, are you around later?", "sounds good, see you at 7", "can you send me the slides?",
-    "lol no way", "ok", "Thanks!!", "running 10 min late, sorry", "did you see the game last night?",
-    "let's move the call to Thursday", "ping me when you land", "k", "100% agree", "brb",
-    "The quick brown fox jumps over the lazy dog.", "what's the wifi password?",
+__all__ = [
+    "DEFAULT_START", "EVENT_TYPES", "HISTORY_DAYS", "MESSAGE_CREATE", "PARTICIPANTS_JOIN", "PARTICIPANTS_LEAVE",
+    "TABS", "TRUST_CONVERSATION", "TWEPOCH_MS", "NotVisible", "SimConversation", "SimEvent", "SimMedia",
+    "SimTweet", "SimUser", "WindowPage", "World", "iso_ms", "snowflake", "snowflake_ms", "to_ms",
 ]
-_UNICODE = [
-    "family dinner 👩‍👩‍👧 tonight", "🏳️‍🌈🏳️‍⚧️ parade photos soon", "nice 👍🏽👍🏿", "🇯🇵 trip booked ✈️",
-    "🧑🏻‍💻 still debugging", "😀😃😄😁", "❤️‍🔥", "mood: 🫠", "👨‍👩‍👧‍👦 all here",
-    "مرحبا، كيف حالك؟", "أراك غدًا إن شاء الله", "שלום! מה שלומך?", "נתראה מחר בבוקר",
-    "Meeting at 10 — موعدنا الساعة ١٠", "the word is שלום (shalom)",
-    "明日の会議は10時からです", "你好，周末一起吃饭吗？", "안녕하세요, 잘 지내요?", "東京タワー🗼で会おう",
-    "Cafe\u0301 au lait", "man\u0303ana", "Z\u0351a\u0352l\u0353g\u0354o\u0355 text", "नमस्ते दोस्त",
-    "สวัสดีครับ", "Ελληνικά και кириллица", "zero\u200bwidth\u200bspaces", "\ufeffleading BOM",
-    "math 𝔸𝕓𝕔 and 𝟙𝟚𝟛", "ﷺ ligature", "e\u0301\u0302\u0303 stacked marks",
-]
-_TRICKY = [
-    'He said "hi" and left \\o/', "line one\nline two\r\nline three\ttabbed", "<b>not html</b> & 'quotes'",
-    "'; DROP TABLE dm_history; --", "100% sure, $5 or €5 or ¥500", "back\\slash and /slash/",
-    "{\"json\": \"inside\"}", "   leading and trailing spaces   ", "%s %d {0} ${var}",
-]
-_CONTROL = ["nul\u0000inside", "bell\u0007 and escape \u001b[31mred\u001b[0m", "\u0000"]
-_HASHTAGS = ["weekend", "DataEngineering", "東京", "café", "dm_test"]
-_CASHTAGS = ["TSLA", "AAPL", "BTC"]
+
+XQUIK_KEY = "sim-xquik-key"
+GETXAPI_KEY = "sim-getxapi-key"
 
 
-def _build_text_pool(rng: random.Random, size: int, control_chars: bool) -> list[str]:
-    pool: list[str] = []
-    sources = [_ASCII, _ASCII, _UNICODE, _UNICODE, _TRICKY]
-    for i in range(size):
-        if i % 97 == 0:
-            # ~1 kB messages; one in ~1000 is at the 10,000-character DM maximum.
-            target = 10_000 if i % 970 == 0 else 1_000
-            parts: list[str] = []
-            while sum(len(p) + 1 for p in parts) < target:
-                parts.append(rng.choice(rng.choice(sources)))
-            pool.append(" ".join(parts)[:target])
-        else:
-            pool.append(" ".join(rng.choice(rng.choice(sources)) for _ in range(rng.randint(1, 3))))
-    if control_chars:
-        pool[1::50] = [_CONTROL[j % len(_CONTROL)] for j in range(len(pool[1::50]))]
-    return pool
+_STREAMS = ("dm_events", "dm_conversation", "dm_conversation_with", "xquik", "getxapi", "getxapi_events")
+_GETXAPI_EVENT_TYPES = frozenset({PARTICIPANTS_JOIN, PARTICIPANTS_LEAVE, TRUST_CONVERSATION})
 
 
-# ---------------------------------------------------------------------------------------- objects
-@dataclass(slots=True)
-class SimUser:
-    id: str
-    username: str
-    name: str
-    created_ms: int
-    description: str
-    location: str
-    protected: bool
-    verified: bool
-    followers: int
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id, "name": self.name, "username": self.username,
-            "created_at": iso_ms(self.created_ms), "description": self.description,
-            "location": self.location, "protected": self.protected, "verified": self.verified,
-            "verified_type": "blue" if self.verified else "none",
-            "profile_image_url": f"https://pbs.twimg.com/profile_images/{self.id}/avatar_normal.jpg",
-            "url": "", "public_metrics": {
-                "followers_count": self.followers, "following_count": self.followers // 3 + 7,
-                "tweet_count": self.followers * 2 + 11, "listed_count": self.followers // 50,
-                "like_count": self.followers + 3,
-            },
-        }
+class NotVisible(LookupError):
+    """The account is not a participant of the conversation a route names."""
 
 
-@dataclass(slots=True)
-class SimMedia:
-    media_key: str
-    type: str               # photo | video | animated_gif
-    width: int
-    height: int
-    event_num: int
-    alt_text: str | None = None
-    duration_ms: int | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        mid = self.media_key.split("_", 1)[1]
-        d: dict[str, Any] = {"media_key": self.media_key, "type": self.type,
-                             "width": self.width, "height": self.height}
-        if self.type == "photo":
-            # Only photos carry `url` in X v2; videos and GIFs expose preview + variants.
-            d["url"] = f"https://ton.twitter.com/1.1/ton/data/dm/{self.event_num}/{mid}/img.jpg"
-            if self.alt_text is not None:
-                d["alt_text"] = self.alt_text
-            return d
-        kind = "dm_video" if self.type == "video" else "dm_gif"
-        d["preview_image_url"] = f"https://pbs.twimg.com/{kind}_preview/{mid}/img/preview.jpg"
-        d["variants"] = [{"bit_rate": 0 if self.type == "animated_gif" else 832000,
-                          "content_type": "video/mp4",
-                          "url": f"https://video.twimg.com/{kind}/{mid}/vid/{self.width}x{self.height}/v.mp4"}]
-        if self.type == "video":
-            d["duration_ms"] = self.duration_ms
-            d["public_metrics"] = {"view_count": 0}
-        return d
+def _down(nums: list[int], i: int, lo: int) -> Iterator[int]:
+    while i >= lo:
+        yield nums[i]
+        i -= 1
 
 
-@dataclass(slots=True)
-class SimTweet:
-    id: str
-    author_id: str
-    text: str
-    created_ms: int
-
-    def as_dict(self) -> dict[str, Any]:
-        n = int(self.id)
-        return {
-            "id": self.id, "text": self.text, "edit_history_tweet_ids": [self.id],
-            "author_id": self.author_id, "created_at": iso_ms(self.created_ms),
-            "conversation_id": self.id, "lang": "en", "possibly_sensitive": False,
-            "reply_settings": "everyone",
-            "public_metrics": {"retweet_count": n % 13, "reply_count": n % 7, "like_count": n % 101,
-                               "quote_count": n % 3, "bookmark_count": n % 5, "impression_count": n % 9973},
-            "edit_controls": {"is_edit_eligible": False, "edits_remaining": 0,
-                              "editable_until": iso_ms(self.created_ms + 3_600_000)},
-        }
-
-
-@dataclass
-class SimConversation:
-    id: str
-    is_group: bool
-    members: list[str]                   # current participants, in join order
-    accounts: tuple[str, ...]            # connected accounts in it; they never leave, so visibility is fixed
-    joiners: list[str] = field(default_factory=list)   # non-members who may join later (groups)
-
-
-@dataclass(slots=True)
-class SimEvent:
-    """One DM event. `text` is mutable so edits can be simulated; `num` is the snowflake as an int."""
-
-    num: int
-    event_type: str
-    dm_conversation_id: str
-    sender_id: str | None = None
-    text: str | None = None
-    participant_ids: tuple[str, ...] = ()
-    media_keys: tuple[str, ...] = ()
-    tweet_ids: tuple[str, ...] = ()
-    entities: dict[str, list[dict[str, Any]]] | None = None
-    edit_count: int = 0
-
-    @property
-    def id(self) -> str:
-        return str(self.num)
-
-    @property
-    def created_ms(self) -> int:
-        return snowflake_ms(self.num)
-
-    @property
-    def created_at(self) -> datetime:
-        return datetime.fromtimestamp(self.created_ms / 1000, UTC)
-
-    def as_dict(self) -> dict[str, Any]:
-        """All fields, X v2 names (entities flattened to top-level `urls`/`hashtags`/... as in DmEvent)."""
-        d: dict[str, Any] = {"id": self.id, "event_type": self.event_type}
-        if self.text is not None:
-            d["text"] = self.text
-        if self.sender_id is not None:
-            d["sender_id"] = self.sender_id
-        if self.participant_ids:
-            d["participant_ids"] = list(self.participant_ids)
-        d["dm_conversation_id"] = self.dm_conversation_id
-        d["created_at"] = iso_ms(self.created_ms)
-        if self.media_keys:
-            d["attachments"] = {"media_keys": list(self.media_keys)}
-        if self.tweet_ids:
-            d["referenced_tweets"] = [{"id": t} for t in self.tweet_ids]
-        if self.entities:
-            d.update({k: [dict(e) for e in v] for k, v in self.entities.items()})
-        return d
-
-
-@dataclass(frozen=True)
-class WindowPage:
-    """A slice of an account's stream, newest first, and whether matching events lie beyond each end."""
-
-    events: list[SimEvent]
-    more_older: bool
-    more_newer: bool
+def _up(nums: list[int], i: int) -> Iterator[int]:
+    while i < len(nums):
+        yield nums[i]
+        i += 1
 
 
 # ------------------------------------------------------------------------------------------- world
 class World:
     def __init__(self, seed: int = 7, accounts: int = 3, users: int = 12, events_per_account: int = 260,
-                 start: datetime = DEFAULT_START, *, control_chars: bool = False) -> None:
+                 start: datetime = DEFAULT_START, *, control_chars: bool = False,
+                 history_days: float = HISTORY_DAYS) -> None:
+        """`history_days` spreads the initial history; above 30, `/2/dm_events` cannot see all of it."""
         if accounts < 1 or users < accounts + 4:
             raise ValueError("need accounts >= 1 and users >= accounts + 4")
         if start.tzinfo is None:
             raise ValueError("start must be timezone-aware")
+        if history_days <= 0:
+            raise ValueError("history_days must be > 0")
+        self.history_days = history_days
         self.seed = seed
         self.now: datetime = start
         self.lock = threading.RLock()
@@ -258,6 +121,10 @@ class World:
         self._conv_picks: dict[str, list[SimConversation]] = {}   # weighted pick lists per account
         self._events: dict[int, SimEvent] = {}
         self._by_account: dict[str, list[int]] = {}               # ascending snowflakes
+        self._by_conv: dict[str, list[int]] = {}                  # ascending snowflakes per conversation
+        self._tabs: dict[str, dict[str, str]] = {}                # account -> conversation -> GetXAPI tab
+        self._trust: dict[int, SimEvent] = {}                     # GetXAPI trust events (not X events)
+        self._trust_of: dict[tuple[str, str], int] = {}           # (account, conversation) -> trust event
         self._media: dict[str, SimMedia] = {}
         self._tweets: dict[str, SimTweet] = {}
         self._texts = _build_text_pool(self._rng, 1024, control_chars)
@@ -266,6 +133,7 @@ class World:
         self._tokens = {f"sim-x-{uid}": uid for uid in self._accounts}
         self._make_conversations()
         self._make_history(events_per_account)
+        self._make_inbox()
 
     # --- construction -------------------------------------------------------------------------
     def _make_users(self, n: int) -> None:
@@ -289,6 +157,7 @@ class World:
 
     def _add_conv(self, conv: SimConversation) -> None:
         self._convs[conv.id] = conv
+        self._by_conv[conv.id] = []
         for acct in conv.accounts:
             self._convs_of[acct].append(conv)
 
@@ -312,7 +181,8 @@ class World:
                 size = rng.randint(3, 6)
                 accts = [acct, *[a for a in self._accounts if a != acct and rng.random() < 0.3]][: size - 1]
                 members = accts + rng.sample(others, k=size - len(accts))
-                created = to_ms(self.now) - rng.randint(40, 400) * 86_400_000
+                days = max(rng.randint(40, 400), int(self.history_days) + 1)   # groups predate their history
+                created = to_ms(self.now) - days * 86_400_000
                 cid = str(snowflake(created, rng.randrange(4096)))   # group IDs are 19-digit snowflakes
                 self._add_conv(SimConversation(cid, True, members, tuple(accts),
                                                [u for u in others if u not in members]))
@@ -334,7 +204,7 @@ class World:
         n_acc = len(self._accounts)
         total = per_account * n_acc
         end_ms = to_ms(self.now)
-        span = HISTORY_DAYS * 86_400_000
+        span = int(self.history_days * 86_400_000)
         r = self._rng.random
         offsets = sorted(int(r() * span) for _ in range(total))
         base = end_ms - span
@@ -361,10 +231,50 @@ class World:
                 self._share_tweet(ev)
             elif x < 0.27:
                 self._add_tag(ev)
+        thread = self._by_conv[conv.id]
+        if ev.event_type == MESSAGE_CREATE and thread and num % 9 == 4:
+            prev = self._events[thread[-1]]     # every 9th-ish message replies to the one before it
+            ev.reply_to = prev.num if prev.event_type == MESSAGE_CREATE else None
         self._events[num] = ev
+        thread.append(num)
         for a in conv.accounts:
             self._by_account[a].append(num)
         return ev
+
+    def _make_inbox(self) -> None:
+        """GetXAPI tabs and trust events (see the module docstring); a separate generator keeps X intact."""
+        rng = random.Random(f"{self.seed}:inbox")
+        accounts = set(self._accounts)
+        for acct in self._accounts:
+            tabs = self._tabs[acct] = {}
+            strangers = []
+            for c in self._convs_of[acct]:
+                tabs[c.id] = "all"
+                if not c.is_group and not accounts.issuperset(c.members):
+                    strangers.append(c.id)
+            rng.shuffle(strangers)
+            if len(strangers) >= 3:
+                tabs[strangers.pop(0)] = "hidden"
+            if len(strangers) >= 2:
+                tabs[strangers.pop(0)] = "requests"
+            for c in self._convs_of[acct]:
+                if not c.is_group and tabs[c.id] == "all":
+                    self._add_trust(acct, c.id)
+
+    def _add_trust(self, acct: str, cid: str) -> None:
+        thread = self._by_conv[cid]
+        if not thread or self._events[thread[0]].sender_id == acct:
+            return
+        reply = next((n for n in thread if self._events[n].sender_id == acct), None)
+        if reply is None:
+            return
+        ms = snowflake_ms(reply) - 1
+        num = snowflake(ms, 4095)
+        while num in self._events or num in self._trust:
+            ms -= 1
+            num = snowflake(ms, 4095)
+        self._trust[num] = SimEvent(num, TRUST_CONVERSATION, cid)
+        self._trust_of[(acct, cid)] = num
 
     def _membership_event(self, conv: SimConversation, num: int) -> SimEvent | None:
         """A join or leave that keeps the group at 3-6 members; accounts never leave (fixed visibility)."""
@@ -442,6 +352,66 @@ class World:
     def account_for_token(self, token: str) -> str | None:
         return self._tokens.get(token)
 
+    def user_by_username(self, username: str) -> SimUser | None:
+        """Case-insensitive, as X handles are."""
+        name = username.lower()
+        return next((u for u in self._users.values() if u.username.lower() == name), None)
+
+    def xquik_key(self) -> str:
+        """The one Xquik API key (`x-api-key`)."""
+        return XQUIK_KEY
+
+    def xquik_handle(self, user_id: str) -> str:
+        """The handle an account is connected under at Xquik: its username, without `@`."""
+        if user_id not in self._accounts:
+            raise KeyError(user_id)
+        return self._users[user_id].username
+
+    def account_for_handle(self, handle: str) -> str | None:
+        """A connected account by handle (case-insensitive, optional `@`) or numeric ID."""
+        h = handle.removeprefix("@")
+        if h in self._accounts:
+            return h
+        u = self.user_by_username(h)
+        return u.id if u is not None and u.id in self._accounts else None
+
+    def getxapi_key(self) -> str:
+        """The one GetXAPI API key (`Authorization: Bearer`)."""
+        return GETXAPI_KEY
+
+    def getxapi_auth_token(self, user_id: str) -> str:
+        """The account's X `auth_token` cookie as GetXAPI takes it: 40 hex digits, derived from the seed."""
+        if user_id not in self._accounts:
+            raise KeyError(user_id)
+        return hashlib.sha1(f"getxapi-auth:{self.seed}:{user_id}".encode()).hexdigest()
+
+    def account_for_auth_token(self, auth_token: str) -> str | None:
+        return next((a for a in self._accounts if self.getxapi_auth_token(a) == auth_token), None)
+
+    def one_to_one(self, user_id: str, peer_id: str) -> SimConversation | None:
+        """The account's 1:1 conversation with `peer_id`, if they have one."""
+        lo, hi = sorted((user_id, peer_id), key=lambda u: (len(u), u))
+        conv = self._convs.get(f"{lo}-{hi}")
+        return conv if conv is not None and user_id in conv.accounts else None
+
+    def can_read(self, user_id: str, conversation_id: str) -> bool:
+        conv = self._convs.get(conversation_id)
+        return conv is not None and user_id in conv.accounts
+
+    def tab_of(self, user_id: str, conversation_id: str) -> str:
+        return self._tabs[user_id][conversation_id]
+
+    def conversations_in_tab(self, user_id: str, tab: str) -> list[SimConversation]:
+        if tab not in TABS:
+            raise ValueError(f"unknown tab {tab!r}")
+        return [c for c in self._convs_of[user_id] if self._tabs[user_id][c.id] == tab]
+
+    def recent(self, conversation_id: str, limit: int, event_type: str | None = None) -> list[SimEvent]:
+        """A conversation's newest `limit` events (of `event_type`), newest first."""
+        with self.lock:
+            found = (self._events[n] for n in reversed(self._by_conv[conversation_id]))
+            return list(islice((e for e in found if event_type in (None, e.event_type)), limit))
+
     def conversations_of(self, user_id: str) -> list[SimConversation]:
         return list(self._convs_of.get(user_id, []))
 
@@ -449,6 +419,7 @@ class World:
         return self._convs[conversation_id]
 
     def event(self, event_id: str | int) -> SimEvent | None:
+        """An X event (trust events are GetXAPI's and not returned)."""
         return self._events.get(int(event_id))
 
     def media(self, media_key: str) -> SimMedia:
@@ -510,8 +481,8 @@ class World:
             ev = self._events.pop(int(event_id), None)
             if ev is None:
                 return False
-            for acct in self._convs[ev.dm_conversation_id].accounts:
-                nums = self._by_account[acct]
+            conv = self._convs[ev.dm_conversation_id]
+            for nums in [self._by_conv[conv.id], *(self._by_account[a] for a in conv.accounts)]:
                 i = bisect_left(nums, ev.num)
                 if i < len(nums) and nums[i] == ev.num:
                     del nums[i]
@@ -529,50 +500,95 @@ class World:
     # --- reading streams ----------------------------------------------------------------------
     def window_floor(self, route: str) -> int:
         """Smallest snowflake visible on `route` now (0 when the route has no retention window)."""
-        if route not in ROUTE_WINDOW_DAYS:
+        base = route.partition(":")[0]
+        if base not in ROUTE_WINDOW_DAYS and base not in _STREAMS:
             raise ValueError(f"unknown route {route!r}")
-        days = ROUTE_WINDOW_DAYS[route]
+        days = ROUTE_WINDOW_DAYS.get(base)
         return 0 if days is None else snowflake(to_ms(self.now - timedelta(days=days)))
+
+    def _stream(self, user_id: str, route: str) -> tuple[list[list[int]], frozenset[str] | None]:
+        """The ascending snowflake lists a route merges, and the event types it shows (None: all)."""
+        if user_id not in self._by_account:
+            raise KeyError(f"{user_id} is not an account")
+        base, _, arg = route.partition(":")
+        if base == "dm_events" and not arg:
+            return [self._by_account[user_id]], None
+        if base == "dm_conversation":
+            if not self.can_read(user_id, arg):
+                raise NotVisible(f"{user_id} is not in conversation {arg}")
+            return [self._by_conv[arg]], None
+        if base in ("dm_conversation_with", "xquik"):
+            one = self.one_to_one(user_id, arg)
+            if one is None:
+                raise NotVisible(f"{user_id} has no 1:1 conversation with {arg}")
+            return [self._by_conv[one.id]], (frozenset({MESSAGE_CREATE}) if base == "xquik" else None)
+        if base == "getxapi":
+            return [self._by_conv[c.id] for c in self.conversations_in_tab(user_id, arg)], frozenset({MESSAGE_CREATE})
+        if base == "getxapi_events":
+            convs = self.conversations_in_tab(user_id, arg)
+            trust = [[self._trust_of[(user_id, c.id)]] for c in convs if (user_id, c.id) in self._trust_of]
+            return [self._by_conv[c.id] for c in convs] + trust, _GETXAPI_EVENT_TYPES
+        raise ValueError(f"unknown route {route!r}")
+
+    def _get(self, num: int) -> SimEvent:
+        ev = self._events.get(num)
+        return ev if ev is not None else self._trust[num]
+
+    def _desc(self, lists: list[list[int]], floor: int, below: int | None) -> Iterator[int]:
+        """Snowflakes >= floor and < below, newest first, merged across lists."""
+        its = [_down(n, (bisect_left(n, below) if below is not None else len(n)) - 1, bisect_left(n, floor))
+               for n in lists]
+        return its[0] if len(its) == 1 else heapq.merge(*its, reverse=True)
+
+    def _asc(self, lists: list[list[int]], floor: int, above: int) -> Iterator[int]:
+        its = [_up(n, max(bisect_right(n, above), bisect_left(n, floor))) for n in lists]
+        return its[0] if len(its) == 1 else heapq.merge(*its)
+
+    def _matcher(self, route_types: frozenset[str] | None,
+                 event_types: Iterable[str] | None) -> Callable[[int], bool] | None:
+        types = route_types if event_types is None else frozenset(event_types) & (route_types or frozenset(
+            event_types))
+        if types is None:
+            return None
+        return lambda n: self._get(n).event_type in types
 
     def page(self, user_id: str, route: str = "dm_events", *, before: int | None = None,
              after: int | None = None, limit: int = 100, event_types: Iterable[str] | None = None) -> WindowPage:
         """Up to `limit` events newest first: older than `before`, or (for previous pages) the oldest
         ones newer than `after`. Keyed by snowflake, so arrivals and deletions never shift a cursor."""
         with self.lock:
-            nums = self._by_account[user_id]
-            types = frozenset(event_types) if event_types is not None else None
-            lo = bisect_left(nums, self.window_floor(route))
-            ev = self._events
-
-            def match(i: int) -> bool:
-                return types is None or ev[nums[i]].event_type in types
-
-            picked: list[int] = []
+            lists, route_types = self._stream(user_id, route)
+            floor = self.window_floor(route)
+            match = self._matcher(route_types, event_types)
             if after is None:
-                i = (bisect_left(nums, before) if before is not None else len(nums)) - 1
-                while i >= lo and len(picked) < limit:
-                    if match(i):
-                        picked.append(i)
-                    i -= 1
+                picked = list(islice(filter(match, self._desc(lists, floor, before)), limit))
             else:
-                i = max(bisect_right(nums, after), lo)
-                while i < len(nums) and len(picked) < limit:
-                    if match(i):
-                        picked.append(i)
-                    i += 1
+                picked = list(islice(filter(match, self._asc(lists, floor, after)), limit))
                 picked.reverse()
             if not picked:
                 return WindowPage([], False, False)
-            more_older = any(match(j) for j in range(picked[-1] - 1, lo - 1, -1))
-            more_newer = any(match(j) for j in range(picked[0] + 1, len(nums)))
-            return WindowPage([ev[nums[i]] for i in picked], more_older, more_newer)
+            more_older = next(filter(match, self._desc(lists, floor, picked[-1])), None) is not None
+            more_newer = next(filter(match, self._asc(lists, floor, picked[0])), None) is not None
+            return WindowPage([self._get(n) for n in picked], more_older, more_newer)
+
+    def between(self, user_id: str, route: str, *, above: int, below: int | None,
+                event_types: Iterable[str] | None = None) -> list[SimEvent]:
+        """Every event of `route` with above < snowflake < below (None: no upper bound), newest first."""
+        with self.lock:
+            lists, route_types = self._stream(user_id, route)
+            floor = max(self.window_floor(route), above + 1)
+            match = self._matcher(route_types, event_types)
+            return [self._get(n) for n in filter(match, self._desc(lists, floor, below))]
 
     def truth(self, user_id: str, route: str = "dm_events") -> list[dict[str, Any]]:
-        """Every event `user_id` would receive from `route`, all fields, newest first."""
+        """Every event `user_id` would receive from `route` (keys in the module docstring), all fields in
+        X v2 names, newest first. Trust events appear as `event_type: TrustConversation`."""
         with self.lock:
-            nums = self._by_account[user_id]
-            lo = bisect_left(nums, self.window_floor(route))
-            return [self._events[nums[i]].as_dict() for i in range(len(nums) - 1, lo - 1, -1)]
+            return [e.as_dict() for e in self.between(user_id, route, above=-1, below=None)]
+
+    def truth_conversation(self, user_id: str, conversation_id: str) -> list[dict[str, Any]]:
+        """Every event of one conversation the account is in, no window."""
+        return self.truth(user_id, f"dm_conversation:{conversation_id}")
 
     def includes_for(self, events: Iterable[SimEvent], expansions: Iterable[str]) -> dict[str, list[Any]]:
         """Objects referenced by `events` for X's expansion names, deduplicated, in first-seen order."""

@@ -1,23 +1,33 @@
 """X API v2 DM lookup routes: parameter validation per the OpenAPI spec, field selection, includes,
-opaque cursors and X's documented error bodies.
+opaque cursors (see `paging`), X's documented error bodies, and the OAuth 2.0 token endpoint.
 
-Cursors are `base32(direction + snowflake + MAC(account, route, direction, snowflake))`: "events older
-(or newer) than this ID". They name a position, not an offset, so new events never shift later pages and
-a deleted boundary event still works; the MAC makes a cursor useless for another account or route.
+Routes (names for faults and logs):
+
+- `dm_events`             GET /2/dm_events: every conversation of the account, last 30 days
+- `dm_conversation_with`  GET /2/dm_conversations/with/{participant_id}/dm_events: the 1:1 with that user
+- `dm_conversation`       GET /2/dm_conversations/{id}/dm_events: any conversation the account is in
+- `oauth_token`           POST /2/oauth2/token (see `oauth`)
+
+The conversation routes take the same parameters as `/2/dm_events` and have no 30-day window. A bad path
+value is reported with the query errors in one 400 invalid-request ("The `id` query parameter value [..]
+does not match ^..$", X's wording for path values). A valid conversation the account is not in, or a
+participant it has no 1:1 with (including itself and unknown users), is 403 with a
+`not-authorized-for-resource` problem (`resource_type` "user": the spec's enum has no DM conversation).
+Cursors are bound to the account and the stream (route plus conversation), so a `/2/dm_events` cursor is
+rejected by a conversation route and vice versa. The three GET routes share one rate-limit window.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import re
-import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote
 
-from dm_pipeline.simulator.faults import Ctx, Fault, Reply, Route
+from dm_pipeline.simulator.faults import COMMON, PAGING, Ctx, Fault, Reply, Route
+from dm_pipeline.simulator.oauth import UNAUTHORIZED_CLIENT, OAuthServer
+from dm_pipeline.simulator.paging import CursorCodec, bend, bend_items
 from dm_pipeline.simulator.world import EVENT_TYPES, MESSAGE_CREATE, SimEvent, World
 
 PROBLEM = "application/problem+json"
@@ -54,7 +64,15 @@ _EXPANSION_FIELD = {"attachments.media_keys": "attachments", "participant_ids": 
                     "referenced_tweets.id": "referenced_tweets", "sender_id": "sender_id"}
 _DEFAULT_FIELDS = {MESSAGE_CREATE: ("id", "event_type", "text")}
 _DEFAULT_OTHER = ("id", "event_type", "participant_ids")
+USER_ID_PATTERN = "^[0-9]{1,19}$"
+CONVERSATION_ID_PATTERN = "^([0-9]{1,19}-[0-9]{1,19}|[0-9]{15,19})$"
+NOT_AUTHORIZED = "https://api.twitter.com/2/problems/not-authorized-for-resource"
+X_FAULTS = COMMON | PAGING | {"403", "dm_not_permitted"}
+OAUTH_FAULTS = COMMON
+_OPTIONAL = ("created_at", "sender_id", "attachments")      # what `missing_optional` leaves out
 _INT = re.compile(r"-?[0-9]+")
+_USER_ID = re.compile(USER_ID_PATTERN[1:-1])
+_CONVERSATION_ID = re.compile(CONVERSATION_ID_PATTERN[1:-1])
 
 
 # ------------------------------------------------------------------------------------ error bodies
@@ -90,35 +108,15 @@ CLIENT_FORBIDDEN = {
 }
 
 
-# ------------------------------------------------------------------------------------------ cursors
-class CursorCodec:
-    _MAX = (1 << 63) - 1     # "older than everything": the first page, as a cursor
+def not_participant(parameter: str, value: str, detail: str) -> Reply:
+    """403: the account may not read this conversation (a ResourceUnauthorizedProblem)."""
+    return Reply(403, {"value": value, "detail": detail, "title": "Authorization Error", "resource_type": "user",
+                       "parameter": parameter, "resource_id": value, "section": "data", "type": NOT_AUTHORIZED,
+                       "status": 403}, content_type=PROBLEM)
 
-    def __init__(self, secret: bytes) -> None:
-        self._secret = secret
 
-    def _mac(self, user_id: str, route: str, raw: bytes) -> bytes:
-        return hmac.new(self._secret, f"{user_id}:{route}:".encode() + raw, hashlib.sha256).digest()[:6]
-
-    def encode(self, user_id: str, route: str, direction: str, num: int) -> str:
-        raw = direction.encode() + struct.pack(">Q", num)
-        return base64.b32encode(raw + self._mac(user_id, route, raw)).decode().rstrip("=")
-
-    def start(self, user_id: str, route: str) -> str:
-        return self.encode(user_id, route, "n", self._MAX)
-
-    def decode(self, user_id: str, route: str, token: str) -> tuple[str, int] | None:
-        """(direction, snowflake), or None if the token was not issued for this account and route."""
-        try:
-            blob = base64.b32decode(token + "=" * (-len(token) % 8))
-        except ValueError:
-            return None
-        if len(blob) != 15 or blob[:1] not in (b"n", b"p"):
-            return None
-        raw, mac = blob[:9], blob[9:]
-        if not hmac.compare_digest(mac, self._mac(user_id, route, raw)):
-            return None
-        return raw[:1].decode(), struct.unpack(">Q", raw[1:])[0]
+def path_error(name: str, value: str, pattern: str) -> tuple[str, str, str]:
+    return (name, value, f"The `{name}` query parameter value [{value}] does not match {pattern}")
 
 
 # ----------------------------------------------------------------------------------------- routes
@@ -132,75 +130,84 @@ class _Query:
 
 
 class XApi:
-    """The X provider: auth, error bodies and the route table the server dispatches on."""
+    """The X provider: auth (static and OAuth tokens), error bodies and the route table."""
 
     name = "x"
+    prefix = ""
+    rate_headers = True             # x-rate-limit-* on every answer
 
-    def __init__(self, world: World) -> None:
+    def __init__(self, world: World, oauth: OAuthServer) -> None:
         self.world = world
+        self.oauth = oauth
         self.cursors = CursorCodec(world.cursor_secret)
         self.routes: Mapping[tuple[str, str], Route] = {
-            ("GET", r"/2/dm_events"): Route("dm_events", lambda ctx: dm_events(self, ctx)),
+            ("GET", r"/2/dm_events"): Route("dm_events", lambda ctx: dm_events(self, ctx), X_FAULTS),
+            ("GET", r"/2/dm_conversations/with/(?P<participant_id>[^/]*)/dm_events"):
+                Route("dm_conversation_with", lambda ctx: dm_conversation_with(self, ctx), X_FAULTS),
+            ("GET", r"/2/dm_conversations/(?P<id>[^/]*)/dm_events"):
+                Route("dm_conversation", lambda ctx: dm_conversation(self, ctx), X_FAULTS),
+            ("POST", r"/2/oauth2/token"): Route("oauth_token", oauth.token_endpoint, OAUTH_FAULTS, limited=False),
         }
 
     # --- provider hooks used by the server ----------------------------------------------------
-    def authenticate(self, headers: Mapping[str, str]) -> str | None:
-        auth = headers.get("authorization") or ""
-        scheme, _, token = auth.partition(" ")
-        return self.world.account_for_token(token.strip()) if scheme.lower() == "bearer" else None
+    def identify(self, ctx: Ctx) -> bool:
+        if ctx.route == "oauth_token":           # the endpoint authenticates the client itself
+            ctx.user_id = self.oauth.peek(ctx)
+            return True
+        scheme, _, token = (ctx.headers.get("authorization") or "").partition(" ")
+        token = token.strip()
+        if scheme.lower() == "bearer" and token:
+            ctx.user_id = self.world.account_for_token(token) or self.oauth.account_for(token)
+        return ctx.user_id is not None
 
-    def unauthorized(self) -> Reply:
+    def unauthorized(self, ctx: Ctx) -> Reply:
         return Reply(401, dict(UNAUTHORIZED), content_type=PROBLEM)
 
-    def rate_limited(self) -> Reply:
+    def rate_limited(self, ctx: Ctx) -> Reply:
         return problem(429, "Too Many Requests", "Too Many Requests")
+
+    def not_found(self) -> Reply:
+        return Reply(404, {"errors": [{"message": "Sorry, that page does not exist", "code": 34}]})
+
+    def malformed(self) -> bytes:
+        return b'{"data":[{"id":"1","event_type":"MessageCreate","text":"unterminated'
 
     def fault_reply(self, fault: Fault, ctx: Ctx) -> Reply:
         kind = fault.kind
         if kind == "429":
-            return self.rate_limited()
+            return self.rate_limited(ctx)
         if kind == "503":
             return problem(503, "Service Unavailable", "Service Unavailable")
         if kind == "500":
             return problem(500, "Internal Server Error", "Internal Server Error")
+        if kind == "401" and ctx.route == "oauth_token":
+            return Reply(401, dict(UNAUTHORIZED_CLIENT), content_type="application/json;charset=UTF-8")
+        if kind == "401":
+            return self.unauthorized(ctx)
         if kind == "403":
             return Reply(403, dict(CLIENT_FORBIDDEN), content_type=PROBLEM)
-        if kind == "401":
-            return self.unauthorized()
-        if kind == "invalid_cursor":
-            return invalid_request([bad_token_error(_one(ctx.query, "pagination_token") or "")])
+        if kind == "dm_not_permitted":
+            name, value = next(iter(ctx.path_params.items()), ("id", ctx.user_id or ""))
+            return not_participant(name, value, f"Sorry, you are not authorized to see the DM conversation "
+                                                f"with id: [{value}].")
+        if kind in ("expired_cursor", "invalid_cursor"):
+            return invalid_request([bad_token_error(ctx.param("pagination_token") or "")])
         raise ValueError(f"X has no status reply for fault {kind!r}")
 
-    def mutate(self, fault: Fault, reply: Reply, ctx: Ctx) -> Reply:
-        """Bend a successful page: the replacement cursor always points at unserved events, so
-        `empty_page` loses nothing and `cursor_loop` only repeats."""
-        if reply.status != 200 or not isinstance(reply.payload, dict) or ctx.user_id is None:
-            return reply
-        sent = _one(ctx.query, "pagination_token") or self.cursors.start(ctx.user_id, ctx.route)
-        meta = reply.payload.setdefault("meta", {})
-        if fault.kind == "empty_page":
-            reply.payload = {"meta": {"result_count": 0, "next_token": sent}}
-        elif fault.kind == "cursor_loop":
-            meta["next_token"] = sent
-        return reply
 
-
-def _one(query: Mapping[str, list[str]], name: str) -> str | None:
-    values = query.get(name)
-    return values[0] if values else None
-
-
-def parse_dm_events_query(api: XApi, ctx: Ctx, allowed: tuple[str, ...]) -> _Query | Reply:
-    """Validate every parameter as the OpenAPI spec declares it; X reports all problems at once."""
+def parse_dm_events_query(api: XApi, ctx: Ctx, allowed: tuple[str, ...], stream: str,
+                          errors: list[tuple[str, str, str]] | None = None) -> _Query | Reply:
+    """Validate every parameter as the OpenAPI spec declares it; X reports all problems at once
+    (`errors`: path-value problems found by the caller)."""
     assert ctx.user_id is not None
-    errors: list[tuple[str, str, str]] = []
+    errors = list(errors or [])
     for name, values in ctx.query.items():
         if name not in allowed:
             errors.append((name, values[0], f"The query parameter [{name}] is not one of [{','.join(allowed)}]"))
         elif len(values) > 1:
             errors.append((name, ",".join(values), f"The `{name}` query parameter can only be given once"))
     limit = 100
-    raw_max = _one(ctx.query, "max_results")
+    raw_max = ctx.param("max_results")
     if raw_max is not None:
         if not _INT.fullmatch(raw_max):
             errors.append(("max_results", raw_max,
@@ -212,16 +219,16 @@ def parse_dm_events_query(api: XApi, ctx: Ctx, allowed: tuple[str, ...]) -> _Que
             limit = int(raw_max)
     direction: str | None = None
     boundary: int | None = None
-    token = _one(ctx.query, "pagination_token")
+    token = ctx.param("pagination_token")
     if token is not None:
-        decoded = api.cursors.decode(ctx.user_id, ctx.route, token) if len(token) >= 16 else None
+        decoded = api.cursors.decode(ctx.user_id, stream, token) if len(token) >= 16 else None
         if decoded is None:
             errors.append(bad_token_error(token))
         else:
             direction, boundary = decoded
     lists: dict[str, tuple[str, ...]] = {}
     for name, enum in LIST_PARAMS.items():
-        raw = _one(ctx.query, name)
+        raw = ctx.param(name)
         if raw is None or name not in allowed:
             continue
         items = tuple(raw.split(","))
@@ -250,44 +257,82 @@ def _select(obj: dict[str, Any], always: tuple[str, ...], requested: tuple[str, 
     return {k: v for k, v in obj.items() if k in keys}
 
 
-def page_payload(api: XApi, ctx: Ctx, q: _Query, route_key: str) -> dict[str, Any]:
-    """The 200 body for one page of a stream: data, includes and meta."""
-    assert ctx.user_id is not None
+def page_payload(api: XApi, ctx: Ctx, q: _Query, stream: str) -> dict[str, Any]:
+    """The 200 body for one page of a stream: data, includes and meta, bent by a mutate fault."""
+    user = ctx.user_id
+    assert user is not None
     world = api.world
     before = q.boundary if q.direction == "n" else None
     after = q.boundary if q.direction == "p" else None
-    page = world.page(ctx.user_id, route_key, before=before, after=after, limit=q.limit,
-                      event_types=q.event_types)
+    page = world.page(user, stream, before=before, after=after, limit=q.limit, event_types=q.event_types)
+    sent = ctx.param("pagination_token") or api.cursors.start(user, stream)
+    events, next_token = bend(ctx.fault, page.events, page.more_older, sent,
+                              lambda num: api.cursors.encode(user, stream, "n", num))
+    if not events:
+        meta: dict[str, Any] = {"result_count": 0}
+        if next_token:
+            meta["next_token"] = next_token
+        return {"meta": meta}
     expansions = q.lists.get("expansions", ())
     fields = set(q.lists.get("dm_event.fields", ())) | {_EXPANSION_FIELD[e] for e in expansions}
-    body: dict[str, Any] = {}
-    if page.events:
-        body["data"] = [render_event(e, fields) for e in page.events]
-        inc = world.includes_for(page.events, expansions)
-        includes: dict[str, Any] = {}
-        if "media" in inc:
-            includes["media"] = [_select(m.as_dict(), ("media_key", "type"), q.lists.get("media.fields", ()))
-                                 for m in inc["media"]]
-        if "users" in inc:
-            includes["users"] = [_select(u.as_dict(), ("id", "name", "username"), q.lists.get("user.fields", ()))
-                                 for u in inc["users"]]
-        if "tweets" in inc:
-            includes["tweets"] = [_select(t.as_dict(), ("id", "text", "edit_history_tweet_ids"),
-                                          q.lists.get("tweet.fields", ())) for t in inc["tweets"]]
-        if includes:
-            body["includes"] = includes
-    meta: dict[str, Any] = {"result_count": len(page.events)}
-    if page.more_older:
-        meta["next_token"] = api.cursors.encode(ctx.user_id, ctx.route, "n", page.events[-1].num)
+    data = [render_event(e, fields) for e in events]
+    bend_items(ctx.fault, data, "text", _OPTIONAL)
+    body: dict[str, Any] = {"data": data}
+    inc = world.includes_for(events, expansions)
+    includes: dict[str, Any] = {}
+    if "media" in inc:
+        includes["media"] = [_select(m.as_dict(), ("media_key", "type"), q.lists.get("media.fields", ()))
+                             for m in inc["media"]]
+    if "users" in inc:
+        includes["users"] = [_select(u.as_dict(), ("id", "name", "username"), q.lists.get("user.fields", ()))
+                             for u in inc["users"]]
+    if "tweets" in inc:
+        includes["tweets"] = [_select(t.as_dict(), ("id", "text", "edit_history_tweet_ids"),
+                                      q.lists.get("tweet.fields", ())) for t in inc["tweets"]]
+    if includes:
+        body["includes"] = includes
+    meta = {"result_count": len(events)}
+    if next_token:
+        meta["next_token"] = next_token
     if q.direction is not None and page.more_newer:
-        meta["previous_token"] = api.cursors.encode(ctx.user_id, ctx.route, "p", page.events[0].num)
+        meta["previous_token"] = api.cursors.encode(user, stream, "p", events[0].num)
     body["meta"] = meta
     return body
 
 
 def dm_events(api: XApi, ctx: Ctx) -> Reply:
     """GET /2/dm_events: the account's events across all conversations, last 30 days, newest first."""
-    q = parse_dm_events_query(api, ctx, DM_EVENTS_PARAMS)
+    q = parse_dm_events_query(api, ctx, DM_EVENTS_PARAMS, "dm_events")
     if isinstance(q, Reply):
         return q
     return Reply(200, page_payload(api, ctx, q, "dm_events"))
+
+
+def dm_conversation_with(api: XApi, ctx: Ctx) -> Reply:
+    """GET /2/dm_conversations/with/{participant_id}/dm_events: the 1:1 with that user, no window."""
+    assert ctx.user_id is not None
+    pid = unquote(ctx.path_params["participant_id"])
+    bad = [] if _USER_ID.fullmatch(pid) else [path_error("participant_id", pid, USER_ID_PATTERN)]
+    stream = f"dm_conversation_with:{pid}"
+    q = parse_dm_events_query(api, ctx, DM_EVENTS_PARAMS, stream, bad)
+    if isinstance(q, Reply):
+        return q
+    if api.world.one_to_one(ctx.user_id, pid) is None:
+        return not_participant("participant_id", pid, f"Sorry, you are not authorized to see the DM "
+                                                      f"conversation with the user with id: [{pid}].")
+    return Reply(200, page_payload(api, ctx, q, stream))
+
+
+def dm_conversation(api: XApi, ctx: Ctx) -> Reply:
+    """GET /2/dm_conversations/{id}/dm_events: a conversation the account is in, no window."""
+    assert ctx.user_id is not None
+    cid = unquote(ctx.path_params["id"])
+    bad = [] if _CONVERSATION_ID.fullmatch(cid) else [path_error("id", cid, CONVERSATION_ID_PATTERN)]
+    stream = f"dm_conversation:{cid}"
+    q = parse_dm_events_query(api, ctx, DM_EVENTS_PARAMS, stream, bad)
+    if isinstance(q, Reply):
+        return q
+    if not api.world.can_read(ctx.user_id, cid):
+        return not_participant("id", cid, f"Sorry, you are not authorized to see the DM conversation with id: "
+                                          f"[{cid}].")
+    return Reply(200, page_payload(api, ctx, q, stream))

@@ -1,4 +1,5 @@
-"""The simulator's `/2/dm_events` answers validate against X's published OpenAPI spec (openapi-core).
+"""The simulator's X answers (`/2/dm_events` and both conversation routes) validate against X's published
+OpenAPI spec (openapi-core).
 
 openapi-core does not follow `discriminator` mappings, so error bodies and media objects are also checked
 against the concrete subtype schema (e.g. `ClientForbiddenProblem`, `Photo`) with the spec's own
@@ -24,7 +25,9 @@ from werkzeug.datastructures import Headers, ImmutableMultiDict
 
 from dm_pipeline.simulator import Simulator, World, x_api
 
-SPEC_PATH = Path(__file__).parents[2].parent / "shared/reference/x-api-v2-dm-openapi.json"
+# The vendored copy (tests/fixtures) always exists; the shared original is compared when present.
+SPEC_PATH = Path(__file__).parents[1] / "fixtures" / "x-api-v2-dm-openapi.json"
+SHARED_SPEC = Path(__file__).parents[2].parent / "shared/reference/x-api-v2-dm-openapi.json"
 pytestmark = pytest.mark.filterwarnings("ignore:Unsupported scheme type:UserWarning")
 
 DM_FIELDS = ",".join(x_api.DM_EVENT_FIELDS)
@@ -66,8 +69,7 @@ class SpecResponse:
 
 @pytest.fixture(scope="module")
 def raw_spec() -> dict[str, Any]:
-    if not SPEC_PATH.exists():
-        pytest.skip(f"{SPEC_PATH} not present")
+    assert SPEC_PATH.exists(), f"{SPEC_PATH} is missing: the validation tests must never skip"
     return json.loads(SPEC_PATH.read_text())
 
 
@@ -136,11 +138,12 @@ def client(sim: Simulator, user_id: str) -> httpx.Client:
                         headers={"Authorization": f"Bearer {sim.world.token_for(user_id)}"})
 
 
-def walk_checked(c: httpx.Client, check: Checker, params: dict[str, Any]) -> list[dict[str, Any]]:
+def walk_checked(c: httpx.Client, check: Checker, params: dict[str, Any],
+                 path: str = "/2/dm_events") -> list[dict[str, Any]]:
     bodies: list[dict[str, Any]] = []
     token: str | None = None
     while True:
-        r = c.get("/2/dm_events", params={**params, **({"pagination_token": token} if token else {})})
+        r = c.get(path, params={**params, **({"pagination_token": token} if token else {})})
         assert r.status_code == 200, r.text
         check.request_ok(r)
         bodies.append(check.response(r))
@@ -187,6 +190,55 @@ def test_previous_pages_and_empty_pages_validate(sim: Simulator, world: World, c
         assert "data" not in check.response(c.get("/2/dm_events", params=CLIENT))
 
 
+@pytest.mark.parametrize("params", [{}, {"max_results": 7, **CLIENT}, {"max_results": 100, **EVERYTHING},
+                                    {"max_results": 2, **CLIENT, "event_types": "ParticipantsJoin"}],
+                         ids=["defaults", "client-7", "every-field", "joins"])
+def test_conversation_routes_validate(sim: Simulator, world: World, check: Checker, params: dict[str, Any]) -> None:
+    for a in world.accounts():
+        with client(sim, a) as c:
+            for conv in world.conversations_of(a):
+                bodies = walk_checked(c, check, params, f"/2/dm_conversations/{conv.id}/dm_events")
+                if "event_types" not in params:
+                    assert sum(len(b.get("data", [])) for b in bodies) == len(world.truth_conversation(a, conv.id))
+                if not conv.is_group:
+                    peer = next(m for m in conv.members if m != a)
+                    walk_checked(c, check, params, f"/2/dm_conversations/with/{peer}/dm_events")
+
+
+def test_conversation_route_errors_validate(sim: Simulator, world: World, check: Checker) -> None:
+    a, _, c3 = world.accounts()
+    foreign = next(c for c in world.conversations_of(c3) if a not in c.accounts)
+    with client(sim, a) as c:
+        for path in (f"/2/dm_conversations/{foreign.id}/dm_events", f"/2/dm_conversations/with/{a}/dm_events"):
+            r = c.get(path)
+            assert r.status_code == 403
+            assert subtype(check.raw, "Problem", check.response(r)["type"]) == "ResourceUnauthorizedProblem"
+        sim.faults.inject(a, "dm_conversation", "dm_not_permitted")
+        r = c.get(f"/2/dm_conversations/{world.conversations_of(a)[0].id}/dm_events")
+        assert r.status_code == 403
+        check.response(r)
+        r = c.get(f"/2/dm_conversations/{foreign.id}/dm_events", params={"pagination_token": "A" * 24})
+        assert r.status_code == 400
+        check.response(r)
+
+
+@pytest.mark.parametrize("path", [
+    "/2/dm_conversations/123-456/dm_events", "/2/dm_conversations/123456789012345/dm_events",
+    "/2/dm_conversations/12345/dm_events", "/2/dm_conversations/abc/dm_events", "/2/dm_conversations/1-2-3/dm_events",
+    "/2/dm_conversations/with/123/dm_events", "/2/dm_conversations/with/12a/dm_events",
+    "/2/dm_conversations/with/12345678901234567890/dm_events",
+])
+def test_path_verdicts_agree_with_openapi_core(sim: Simulator, world: World, spec: OpenAPI, path: str) -> None:
+    with client(sim, world.accounts()[0]) as c:
+        r = c.get(path)
+    try:
+        spec.validate_request(SpecRequest(r.request))
+        spec_ok = True
+    except Exception:
+        spec_ok = False
+    assert (r.status_code != 400) == spec_ok, (path, r.status_code, r.text)
+
+
 # ----------------------------------------------------------------------------------------- errors
 def test_error_bodies_validate_against_default_problems(sim: Simulator, world: World, check: Checker) -> None:
     a = world.accounts()[0]
@@ -211,13 +263,24 @@ def test_error_bodies_validate_against_default_problems(sim: Simulator, world: W
 
 
 # --------------------------------------------------------------------------- parity with the spec
-def test_enums_and_parameters_match_the_spec(raw_spec: dict[str, Any]) -> None:
-    op = raw_spec["paths"]["/2/dm_events"]["get"]
+@pytest.mark.parametrize(("path", "path_param", "pattern"), [
+    ("/2/dm_events", None, None),
+    ("/2/dm_conversations/with/{participant_id}/dm_events", "participant_id", x_api.USER_ID_PATTERN),
+    ("/2/dm_conversations/{id}/dm_events", "id", x_api.CONVERSATION_ID_PATTERN),
+])
+def test_enums_and_parameters_match_the_spec(raw_spec: dict[str, Any], path: str, path_param: str | None,
+                                             pattern: str | None) -> None:
+    op = raw_spec["paths"][path]["get"]
     params = {}
     for p in op["parameters"]:
         if "$ref" in p:
             p = raw_spec["components"]["parameters"][p["$ref"].rsplit("/", 1)[1]]
-        params[p["name"]] = p["schema"]
+        schema = p["schema"]
+        if "$ref" in schema:
+            schema = raw_spec["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
+        params[p["name"]] = schema
+    if path_param is not None:
+        assert params.pop(path_param)["pattern"] == pattern
     assert set(params) == set(x_api.DM_EVENTS_PARAMS)
     for name, enum in x_api.LIST_PARAMS.items():
         assert set(params[name]["items"]["enum"]) == set(enum), name
@@ -265,3 +328,9 @@ def test_validator_is_not_vacuous(sim: Simulator, world: World, spec: OpenAPI, c
             spec.validate_response(SpecRequest(r.request), resp)
     assert schema_errors(registry, "ClientForbiddenProblem", {"type": "x", "title": "t", "reason": "nope"})
     assert schema_errors(registry, "Photo", {"type": "photo", "url": 5})
+
+
+def test_the_vendored_spec_equals_the_shared_one() -> None:
+    if not SHARED_SPEC.exists():
+        pytest.skip("shared/ is not beside this checkout; the vendored copy is used")
+    assert SPEC_PATH.read_bytes() == SHARED_SPEC.read_bytes()

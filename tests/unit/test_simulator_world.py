@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import unicodedata
@@ -10,13 +11,16 @@ from datetime import timedelta
 
 import pytest
 
-from dm_pipeline.simulator.faults import Faults
+from dm_pipeline.simulator.faults import Faults, Reply
 from dm_pipeline.simulator.world import (
     DEFAULT_START,
     MESSAGE_CREATE,
     PARTICIPANTS_JOIN,
     PARTICIPANTS_LEAVE,
+    TABS,
+    TRUST_CONVERSATION,
     TWEPOCH_MS,
+    NotVisible,
     World,
     iso_ms,
     to_ms,
@@ -228,3 +232,140 @@ def test_a_million_events_build_and_page_fast() -> None:
     assert n == 20_000 and time.perf_counter() - t0 < 2
     deep = w.page(a, before=w.page(a, limit=1).events[0].num - (1 << 22) * 86_400_000 * 10, limit=100)
     assert len(deep.events) == 100 and deep.more_older
+
+
+# ------------------------------------------------------------------------ routes, tabs, providers
+def test_history_days_and_per_route_windows() -> None:
+    w = World(history_days=45)
+    a = w.accounts()[0]
+    start = to_ms(DEFAULT_START)
+    conv_events = [e for c in w.conversations_of(a) for e in w.truth_conversation(a, c.id)]
+    oldest = min(int(e["id"]) for e in conv_events)
+    assert start - 45 * 86_400_000 <= (oldest >> 22) + TWEPOCH_MS < start - 40 * 86_400_000
+    assert len({e["id"] for e in conv_events}) == len(conv_events) == w.event_count(a)
+    cutoff = iso_ms(to_ms(w.now - timedelta(days=30)))
+    assert w.truth(a) == sorted((e for e in conv_events if e["created_at"] >= cutoff),
+                                key=lambda e: int(e["id"]), reverse=True)
+    assert w.window_floor("dm_events") > 0
+    assert w.window_floor("dm_conversation:1-2") == w.window_floor("getxapi:all") == 0
+    with pytest.raises(ValueError):
+        World(history_days=0)
+
+
+def test_route_errors() -> None:
+    w = World()
+    a, _, c = w.accounts()
+    foreign = next(x for x in w.conversations_of(c) if a not in x.accounts)
+    with pytest.raises(NotVisible):
+        w.truth(a, f"dm_conversation:{foreign.id}")
+    with pytest.raises(NotVisible):
+        w.page(a, f"xquik:{a}")
+    with pytest.raises(ValueError):
+        w.truth(a, "dm_events:extra")
+    with pytest.raises(ValueError):
+        w.truth(a, "getxapi:spam")
+    with pytest.raises(KeyError):
+        w.truth(w.users()[-1].id)
+
+
+@pytest.mark.parametrize("route", ["getxapi:all", "getxapi_events:all", "xquik", "dm_events"])
+def test_merged_streams_page_both_ways(route: str) -> None:
+    w = World()
+    a = w.accounts()[0]
+    if route == "xquik":
+        route = "xquik:" + next(m for c in w.conversations_of(a) if not c.is_group for m in c.members if m != a)
+    truth = [e["id"] for e in w.truth(a, route)]
+    seen: list[str] = []
+    before = None
+    while True:
+        page = w.page(a, route, before=before, limit=7)
+        seen += [e.id for e in page.events]
+        if not page.more_older:
+            break
+        before = page.events[-1].num
+    assert seen == truth and truth
+    if len(truth) > 10:
+        newer = w.page(a, route, after=int(truth[10]), limit=4)
+        assert [e.id for e in newer.events] == truth[6:10] and newer.more_newer and newer.more_older
+        assert [e.id for e in w.between(a, route, above=int(truth[5]), below=int(truth[1]))] == truth[2:5]
+
+
+def test_tabs_trust_events_and_replies_are_deterministic() -> None:
+    w, same = World(seed=3), World(seed=3)
+    for a in w.accounts():
+        assert {c.id: w.tab_of(a, c.id) for c in w.conversations_of(a)} == \
+            {c.id: same.tab_of(a, c.id) for c in same.conversations_of(a)}
+        assert w.truth(a, "getxapi_events:all") == same.truth(a, "getxapi_events:all")
+    trusts = [(a, e) for a in w.accounts() for t in TABS for e in w.truth(a, f"getxapi_events:{t}")
+              if e["event_type"] == TRUST_CONVERSATION]
+    assert trusts
+    for a, e in trusts:
+        assert w.event(e["id"]) is None and int(e["id"]) & 4095 == 4095
+        assert w.tab_of(a, e["dm_conversation_id"]) == "all"
+        thread = w.truth_conversation(a, e["dm_conversation_id"])[::-1]
+        assert thread[0]["sender_id"] != a
+        first_reply = next(x for x in thread if x.get("sender_id") == a)
+        assert int(e["id"]) < int(first_reply["id"])
+        assert e["id"] not in {x["id"] for x in w.truth(a)}
+    replies = [(ev, w.event(ev.reply_to)) for ev in (w.event(e["id"]) for e in w.truth(w.accounts()[0]))
+               if ev is not None and ev.reply_to is not None]
+    assert replies
+    for ev, target in replies:
+        assert target is not None and target.dm_conversation_id == ev.dm_conversation_id and target.num < ev.num
+
+
+def test_provider_credentials() -> None:
+    w, other = World(seed=7), World(seed=8)
+    a = w.accounts()[0]
+    assert w.xquik_key() and w.getxapi_key() and w.xquik_key() != w.getxapi_key()
+    token = w.getxapi_auth_token(a)
+    assert re.fullmatch(r"[0-9a-f]{40}", token) and token == World(seed=7).getxapi_auth_token(a)
+    assert w.account_for_auth_token(token) == a and w.account_for_auth_token("0" * 40) is None
+    assert other.getxapi_auth_token(other.accounts()[0]) != token
+    handle = w.xquik_handle(a)
+    for h in (handle, handle.upper(), "@" + handle, a):
+        assert w.account_for_handle(h) == a
+    stranger = w.users()[-1]
+    assert w.account_for_handle(stranger.username) is None and w.account_for_handle("nobody") is None
+    with pytest.raises(KeyError):
+        w.getxapi_auth_token(stranger.id)
+    with pytest.raises(KeyError):
+        w.xquik_handle(stranger.id)
+
+
+def test_edits_count_and_only_messages_have_text() -> None:
+    w = World()
+    a = w.accounts()[0]
+    msg = next(e for e in w.truth(a) if e["event_type"] == MESSAGE_CREATE)
+    w.edit(msg["id"], "one")
+    w.edit(msg["id"], "two")
+    ev = w.event(msg["id"])
+    assert ev is not None and (ev.text, ev.edit_count) == ("two", 2)
+    join = next(e for e in w.truth(a) if e["event_type"] == PARTICIPANTS_JOIN)
+    with pytest.raises(ValueError):
+        w.edit(join["id"], "nope")
+    w.advance(a, 0, edits=10)
+    assert sum(1 for e in w.truth(a) if (x := w.event(e["id"])) and x.edit_count) >= 5
+
+
+def test_faults_filter_by_kind_and_validate() -> None:
+    calls: list[tuple[str, str]] = []
+    f = Faults(lambda route, kind: calls.append((route, kind)))
+    f.inject(None, "*", "no_credits")
+    f.inject(None, "*", "503")
+    assert calls == [("*", "no_credits"), ("*", "503")]
+    assert f.take("1", "dm_events", {"503", "429"}).kind == "503"            # type: ignore[union-attr]
+    assert f.take("1", "dm_events", {"503"}) is None
+    assert f.take("1", "xquik_history").kind == "no_credits"                 # type: ignore[union-attr]
+
+    def reject(route: str, kind: str) -> None:
+        raise ValueError("no")
+
+    with pytest.raises(ValueError):
+        Faults(reject).inject(None, "x", "503")
+
+
+def test_replies_escape_lone_surrogates() -> None:
+    body = Reply(200, {"text": "a\x00b\ud800", "ok": "é🙂"}).encoded()
+    assert body == '{"text":"a\\u0000b\\ud800","ok":"é🙂"}'.encode()
+    assert json.loads(body) == {"text": "a\x00b\ud800", "ok": "é🙂"}

@@ -1,0 +1,170 @@
+"""`/_sim/*` control endpoints: JSON in, JSON out; a bad request is 400 `{"error": ...}`.
+
+GET    /_sim/health                      {"ok": true, "now"}
+GET    /_sim/accounts                    accounts with X token, Xquik handle, GetXAPI auth_token/twid, both
+                                         API keys; and the three base URLs
+GET    /_sim/conversations?user_id=      the account's conversations with members and GetXAPI tab
+GET    /_sim/truth?user_id=&route=&shape=&includes=   per-route truth (routes: see `world`; shape
+                                         canonical|provider; includes=1 adds X includes, canonical only)
+POST   /_sim/advance {user_id?, n, deletions, edits, seconds}     move the clock, add/delete/edit events
+POST   /_sim/delete {event_id}           POST /_sim/edit {event_id, text}
+GET|POST|DELETE /_sim/faults             list / inject {user_id?, route, kind, count, ...params} / clear
+GET    /_sim/stats                       request counts per account and route, pending faults, credits
+POST   /_sim/rate_limit {limit?, window_s?, reset?}
+GET|POST /_sim/xquik {balance?, page_size?}                  Xquik credits and page size
+GET|POST /_sim/oauth {client_id?, client_secret?}            OAuth stats / client configuration
+POST   /_sim/oauth/issue {user_id}       a fresh access + refresh token pair
+POST   /_sim/oauth/expire {user_id}      expire the user's OAuth access tokens now
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dm_pipeline.simulator.server import Simulator
+
+ControlHandler = Callable[["Simulator", dict[str, list[str]], Any], Any]
+
+
+def _iso(dt: datetime) -> str:
+    return dt.isoformat().replace("+00:00", "Z")
+
+
+def _q(query: dict[str, list[str]], name: str, default: str | None = None) -> str:
+    values = query.get(name)
+    if values:
+        return values[0]
+    if default is None:
+        raise KeyError(name)
+    return default
+
+
+def _truth(sim: Simulator, query: dict[str, list[str]], _: Any) -> Any:
+    world, user_id = sim.world, _q(query, "user_id")
+    data = sim.truth(user_id, _q(query, "route", "dm_events"), shape=_q(query, "shape", "canonical"))
+    if _q(query, "includes", "0") not in ("1", "true"):
+        return data
+    events = [e for e in (world.event(d["id"]) for d in data) if e is not None]
+    inc = world.includes_for(events, ("sender_id", "participant_ids", "attachments.media_keys",
+                                      "referenced_tweets.id"))
+    return {"data": data, "includes": {k: [o.as_dict() for o in v] for k, v in inc.items()}}
+
+
+def _advance(sim: Simulator, _: Any, body: dict[str, Any]) -> Any:
+    ids = sim.world.advance(body.get("user_id"), int(body.get("n", 0)), deletions=int(body.get("deletions", 0)),
+                            seconds=float(body.get("seconds", 60.0)), edits=int(body.get("edits", 0)))
+    return {"ids": ids, "now": _iso(sim.world.now)}
+
+
+def _inject(sim: Simulator, _: Any, body: dict[str, Any]) -> Any:
+    params = {k: v for k, v in body.items() if k not in ("user_id", "route", "kind", "count")}
+    sim.faults.inject(body.get("user_id"), body.get("route", "dm_events"), str(body["kind"]),
+                      int(body.get("count", 1)), **params)
+    return {"pending": sim.faults.pending()}
+
+
+def _clear_faults(sim: Simulator, _: Any, __: Any) -> Any:
+    sim.faults.clear()
+    return {"pending": []}
+
+
+def _accounts(sim: Simulator, _: Any, __: Any) -> Any:
+    w = sim.world
+    keys = {"xquik_api_key": w.xquik_key(), "getxapi_api_key": w.getxapi_key()}
+    return {"accounts": [{"user_id": a, "username": w.user(a).username, "token": w.token_for(a),
+                          "xquik_handle": w.xquik_handle(a), "getxapi_auth_token": w.getxapi_auth_token(a),
+                          "getxapi_twid": f"u={a}", **keys} for a in w.accounts()],
+            **keys, "base_urls": {p: sim.base_url(p) for p in ("x", "xquik", "getxapi")}}
+
+
+def _conversations(sim: Simulator, query: dict[str, list[str]], _: Any) -> Any:
+    w, user_id = sim.world, _q(query, "user_id")
+    return {"conversations": [{"id": c.id, "type": "group" if c.is_group else "one_to_one",
+                               "members": list(c.members), "tab": w.tab_of(user_id, c.id)}
+                              for c in w.conversations_of(user_id)]}
+
+
+def _delete(sim: Simulator, _: Any, body: dict[str, Any]) -> Any:
+    return {"deleted": sim.world.delete(str(body["event_id"]))}
+
+
+def _edit(sim: Simulator, _: Any, body: dict[str, Any]) -> Any:
+    sim.world.edit(str(body["event_id"]), str(body["text"]))
+    ev = sim.world.event(str(body["event_id"]))
+    return {"edit_count": ev.edit_count if ev else None}
+
+
+def _rate_limit(sim: Simulator, _: Any, body: dict[str, Any]) -> Any:
+    lim = sim.limiter
+    lim.limit = int(body.get("limit", lim.limit))
+    lim.window_s = int(body.get("window_s", lim.window_s))
+    if body.get("reset", True):
+        lim.reset()
+    return {"limit": lim.limit, "window_s": lim.window_s}
+
+
+def _xquik(sim: Simulator, _: Any, body: dict[str, Any]) -> Any:
+    if "balance" in body:
+        sim.xquik_credits = int(body["balance"])
+    if "page_size" in body:
+        size = int(body["page_size"])
+        if not 1 <= size <= 100:
+            raise ValueError("page_size must be 1-100")
+        sim.xquik.page_size = size
+    return {"balance": sim.xquik_credits, "credits_used": sim.xquik_credits_used, "page_size": sim.xquik.page_size}
+
+
+def _oauth(sim: Simulator, _: Any, body: dict[str, Any]) -> Any:
+    for name in ("client_id", "client_secret"):
+        if name in body:
+            setattr(sim.oauth, name, None if body[name] is None else str(body[name]))
+    return sim.oauth.stats()
+
+
+def _oauth_issue(sim: Simulator, _: Any, body: dict[str, Any]) -> Any:
+    user_id = str(body["user_id"])
+    if user_id not in sim.world.accounts():
+        raise KeyError(f"{user_id} is not an account")
+    access, refresh = sim.oauth.issue(user_id)
+    return {"access_token": access, "refresh_token": refresh, "expires_in": 7200}
+
+
+def _oauth_expire(sim: Simulator, _: Any, body: dict[str, Any]) -> Any:
+    return {"expired": sim.oauth.expire(str(body["user_id"]))}
+
+
+def _health(sim: Simulator, _: Any, __: Any) -> Any:
+    return {"ok": True, "now": _iso(sim.world.now)}
+
+
+def _pending(sim: Simulator, _: Any, __: Any) -> Any:
+    return {"pending": sim.faults.pending()}
+
+
+def _stats(sim: Simulator, _: Any, __: Any) -> Any:
+    return sim.stats()
+
+
+CONTROL: dict[tuple[str, str], ControlHandler] = {
+    ("GET", "/_sim/health"): _health,
+    ("GET", "/_sim/truth"): _truth,
+    ("POST", "/_sim/advance"): _advance,
+    ("POST", "/_sim/delete"): _delete,
+    ("POST", "/_sim/edit"): _edit,
+    ("GET", "/_sim/faults"): _pending,
+    ("POST", "/_sim/faults"): _inject,
+    ("DELETE", "/_sim/faults"): _clear_faults,
+    ("GET", "/_sim/stats"): _stats,
+    ("GET", "/_sim/accounts"): _accounts,
+    ("GET", "/_sim/conversations"): _conversations,
+    ("POST", "/_sim/rate_limit"): _rate_limit,
+    ("GET", "/_sim/xquik"): _xquik,
+    ("POST", "/_sim/xquik"): _xquik,
+    ("GET", "/_sim/oauth"): _oauth,
+    ("POST", "/_sim/oauth"): _oauth,
+    ("POST", "/_sim/oauth/issue"): _oauth_issue,
+    ("POST", "/_sim/oauth/expire"): _oauth_expire,
+}
