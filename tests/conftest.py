@@ -77,3 +77,20 @@ def sim_account(sim, user_id: str, monkeypatch: pytest.MonkeyPatch, page_size: i
     monkeypatch.setenv(env, sim.world.token_for(user_id))
     return Account(key=key, provider=Provider.X, user_id=user_id, base_url=sim.url, token_env=env,
                    page_size=page_size)
+
+
+def xquik_account(sim, user_id: str, partners: list[str], monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+                  key: str | None = None) -> Account:
+    monkeypatch.setenv("DM_TEST_XQUIK_KEY", sim.world.xquik_key())
+    return Account(key=key or f"xquik-{user_id[-6:]}", provider=Provider.XQUIK, user_id=user_id,
+                   base_url=sim.base_url("xquik"), token_env="DM_TEST_XQUIK_KEY",
+                   handle=sim.world.xquik_handle(user_id), partners=tuple(partners))
+
+
+def getxapi_account(sim, user_id: str, monkeypatch: pytest.MonkeyPatch, page_size: int = 20,  # type: ignore[no-untyped-def]
+                    key: str | None = None) -> Account:
+    monkeypatch.setenv("DM_TEST_GETXAPI_KEY", sim.world.getxapi_key())
+    monkeypatch.setenv(f"DM_TEST_AUTH_{user_id}", sim.world.getxapi_auth_token(user_id))
+    return Account(key=key or f"getxapi-{user_id[-6:]}", provider=Provider.GETXAPI, user_id=user_id,
+                   base_url=sim.base_url("getxapi"), token_env="DM_TEST_GETXAPI_KEY",
+                   auth_token_env=f"DM_TEST_AUTH_{user_id}", page_size=page_size)
