@@ -1,0 +1,23 @@
+"""Prints the reliability figures after the run: the fault matrix as a table and the summary line."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.reliability.results import RESULTS, tally
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not RESULTS:
+        return
+    tr = terminalreporter
+    faults = RESULTS.get("fault", [])
+    if faults:
+        tr.section("fault matrix (provider route x fault -> outcome)")
+        width = max(len(name) for name, _, _ in faults)
+        for name, ok, detail in sorted(faults):
+            tr.write_line(f"{name:<{width}}  {'as expected' if ok else 'UNEXPECTED '}  {detail}")
+    a, b = tally("crash")
+    c, d = tally("fault")
+    e, f = tally("bad_input")
+    tr.write_line(f"crash trials: {a}/{b} exact; fault cells: {c}/{d} as expected; bad inputs: {e}/{f} handled")
