@@ -152,19 +152,22 @@ def run_cell(cell: Cell, engine: Engine, sim: Any, env: dict[str, str]) -> Obser
         kind = {"429_retry_after": "429", "429_no_headers": "429", "429_reset_beyond_budget": "429"}.get(fault, fault)
         sim.faults.inject(uid, route, kind, count=cell.count, **cell.params)
 
-    before = warehouse_rows(engine, account.key)
     stream = sync()
     truth = {k: v for r in truth_routes for k, v in truth_rows(sim.world.truth(uid, r)).items()}
     stored = warehouse_rows(engine, account.key)
     with engine.connect() as conn:
-        job = conn.execute(text("SELECT job_status, error_code FROM dm_audit.dm_sync_audit WHERE row_kind = 'job' "
-                                "AND account_key = :k ORDER BY audit_id DESC LIMIT 1"), {"k": account.key}).one()
+        job = conn.execute(text("SELECT job_status, error_code, run_id FROM dm_audit.dm_sync_audit "
+                                "WHERE row_kind = 'job' AND account_key = :k AND stream_key = :s "
+                                "ORDER BY audit_id DESC LIMIT 1"), {"k": account.key, "s": stream_key}).one()
+        pages_written = conn.scalar(text("SELECT count(*) FROM dm_audit.dm_sync_audit WHERE run_id = :r "
+                                         "AND stream_key = :s AND row_kind = 'page'"),
+                                    {"r": job.run_id, "s": stream_key})
         flagged = conn.scalar(text("SELECT count(*) FROM dm_private.dm_history WHERE sanitized AND account_key = :k"),
                               {"k": account.key})
     if stream.status is StreamStatus.FAILED:
         detail = f"job row {job.job_status}/{job.error_code}"
         # A loop is detected after its page committed (kept by design); any other failure writes nothing.
-        if fault != "cursor_loop" and stored != before:
+        if fault != "cursor_loop" and pages_written:
             return Observed("failed:half_written", detail)
         return Observed(f"failed:{stream.error_code}" if job.error_code == stream.error_code else "failed:unaudited",
                         detail)
