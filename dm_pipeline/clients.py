@@ -59,6 +59,16 @@ def known_conversations(engine: Engine, account_key: str) -> Callable[[], list[s
     return read
 
 
+def stored_user_id(engine: Engine, provider: str) -> Callable[[str], str | None]:
+    def read(username: str) -> str | None:
+        with engine.connect() as conn:
+            return conn.scalar(text("SELECT user_id FROM dm_private.dm_users WHERE provider = :p "
+                                    "AND lower(username) = lower(:u) ORDER BY updated_at DESC LIMIT 1"),
+                               {"p": provider, "u": username})
+
+    return read
+
+
 def build_client(account: Account, http: httpx.Client, lookup: TokenLookup = env_token,
                  policy: RetryPolicy | None = None, engine: Engine | None = None) -> ProviderClient:
     if account.provider is Provider.X:
@@ -74,7 +84,7 @@ def build_client(account: Account, http: httpx.Client, lookup: TokenLookup = env
         return XClient(account, http, token, policy=policy, known_conversations=discovered, refresh=refresh)
     if account.provider is Provider.XQUIK:
         return XquikClient(account, http, required(account, account.token_env, "Xquik API key", lookup),
-                           policy=policy)
+                           policy=policy, stored_user_id=stored_user_id(engine, "xquik") if engine else None)
     if account.provider is Provider.GETXAPI:
         return GetXApiClient(account, http, required(account, account.token_env, "GetXAPI API key", lookup),
                              lambda name: lookup(name) if name else None, policy=policy)

@@ -9,6 +9,7 @@ import os
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 from sqlalchemy import Engine, text
@@ -17,7 +18,7 @@ from dm_pipeline.accounts import load_accounts
 from dm_pipeline.db.engine import get_engine
 from dm_pipeline.db.migrate import upgrade
 from dm_pipeline.environment import prepare
-from dm_pipeline.models import Account
+from dm_pipeline.models import Account, Provider
 from dm_pipeline.settings import Settings, load_settings
 
 SIM_SEED = 7
@@ -47,6 +48,21 @@ def _port_free(host: str, port: int) -> bool:
         return s.connect_ex((host, port)) != 0
 
 
+def simulator_credentials(world: Any, account: Account) -> dict[str, str]:
+    """The simulator's credentials for one account, under the variable names its entry declares."""
+    creds: dict[str, str] = {}
+    if account.provider is Provider.X and account.token_env:
+        creds[account.token_env] = world.token_for(account.user_id)
+    elif account.provider is Provider.XQUIK and account.token_env:
+        creds[account.token_env] = world.xquik_key()
+    elif account.provider is Provider.GETXAPI:
+        if account.token_env:
+            creds[account.token_env] = world.getxapi_key()
+        if account.auth_token_env:
+            creds[account.auth_token_env] = world.getxapi_auth_token(account.user_id)
+    return creds
+
+
 @contextlib.contextmanager
 def simulator_if_needed(settings: Settings, accounts: list[Account]) -> Iterator[None]:
     """Serve the simulator when accounts point at its default address and nothing listens there yet.
@@ -60,8 +76,8 @@ def simulator_if_needed(settings: Settings, accounts: list[Account]) -> Iterator
 
     world = World(seed=SIM_SEED)
     for account in on_sim:
-        if account.token_env and not os.environ.get(account.token_env):
-            os.environ[account.token_env] = world.token_for(account.user_id)
+        for name, value in simulator_credentials(world, account).items():
+            os.environ.setdefault(name, value)
     host = urlsplit(sim_base).hostname or "127.0.0.1"
     if not _port_free(host, settings.simulator_port):
         yield  # a simulator (`dm-pipeline simulator serve`) is already there

@@ -17,7 +17,14 @@ from dm_pipeline.errors import AuthError, InvalidCursor, MalformedResponse, Prov
 from dm_pipeline.http.policy import Budget, RetryPolicy, Sent, send
 from dm_pipeline.http.ratelimit import Governor
 from dm_pipeline.models import Account, EventRow, Page, Stream, UserRow
-from dm_pipeline.providers.base import USER_ID_RE, content_hash, parse_timestamp, sanitize, validate_id
+from dm_pipeline.providers.base import (
+    USER_ID_RE,
+    content_hash,
+    parse_timestamp,
+    sanitize,
+    user_row,
+    validate_id,
+)
 
 HISTORY = "/x/dm/{userId}/history"
 USERNAME_RE = re.compile(r"^[A-Za-z0-9_]{1,15}$")
@@ -75,7 +82,8 @@ def parse_history(body: Any, account_user_id: str, partner_id: str) -> tuple[lis
 
 class XquikClient:
     def __init__(self, account: Account, http: httpx.Client, api_key: Callable[[], str],
-                 policy: RetryPolicy | None = None, governor: Governor | None = None) -> None:
+                 policy: RetryPolicy | None = None, governor: Governor | None = None,
+                 stored_user_id: Callable[[str], str | None] | None = None) -> None:
         validate_id(account.user_id, USER_ID_RE, "user_id")
         self.account = account
         self._http = http
@@ -83,6 +91,8 @@ class XquikClient:
         self._policy = policy or RetryPolicy()
         self._governor = governor or Governor()
         self._partner_ids: dict[str, str] = {}
+        self._stored_user_id = stored_user_id  # username -> ID from earlier lookups (dm_users)
+        self._looked_up: list[UserRow] = []
 
     def streams(self) -> Iterator[Stream]:
         for partner in self.account.partners:
@@ -95,16 +105,28 @@ class XquikClient:
                     governor=self._governor)
 
     def _partner_id(self, partner: str, budget: Budget) -> tuple[str, int]:
-        """(numeric ID, requests spent). A username costs one `GET /x/users/{id}`, once per run."""
+        """(numeric ID, requests spent). A username costs one `GET /x/users/{id}` (and a credit) the first
+        time only: the profile is stored in dm_users with the page, and later runs read it from there."""
         if partner.isdigit():
             return validate_id(partner, USER_ID_RE, "partner"), 0
-        if partner not in self._partner_ids:
-            validate_id(partner, USERNAME_RE, "partner username")
-            sent = self._get(f"/x/users/{partner}", {}, budget)
-            uid = str((sent.response.json() or {}).get("id") or "")
-            self._partner_ids[partner] = validate_id(uid, USER_ID_RE, "resolved partner ID")
-            return self._partner_ids[partner], sent.requests
-        return self._partner_ids[partner], 0
+        if partner in self._partner_ids:
+            return self._partner_ids[partner], 0
+        validate_id(partner, USERNAME_RE, "partner username")
+        stored = self._stored_user_id(partner) if self._stored_user_id else None
+        if stored:
+            self._partner_ids[partner] = stored
+            return stored, 0
+        sent = self._get(f"/x/users/{partner}", {}, budget)
+        try:
+            profile = sent.response.json()
+        except ValueError:
+            raise MalformedResponse("Xquik user lookup is not valid JSON", requests=sent.requests) from None
+        row = user_row(profile) if isinstance(profile, dict) else None
+        if row is None:
+            raise MalformedResponse("Xquik user lookup without a numeric `id`", requests=sent.requests)
+        self._partner_ids[partner] = row.user_id
+        self._looked_up.append(row)
+        return row.user_id, sent.requests
 
     def fetch_page(self, stream: Stream, cursor: str | None, budget: Budget) -> Page:
         partner_id, lookups = self._partner_id(stream.path, budget)
@@ -124,7 +146,7 @@ class XquikClient:
         except ValueError:
             raise MalformedResponse("Xquik response is not valid JSON", http_status=sent.response.status_code,
                                     requests=sent.requests + lookups) from None
-        users: tuple[UserRow, ...] = ()
+        users, self._looked_up = tuple(self._looked_up), []
         return Page(events=tuple(events), next_cursor=next_cursor, http_status=sent.response.status_code,
                     requests=sent.requests + lookups, rate_limit=sent.rate_limit, users=users,
                     credits=len(events) + lookups)
