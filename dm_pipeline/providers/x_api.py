@@ -93,9 +93,12 @@ def normalize_event(event: dict[str, Any], includes: dict[str, Any], account_use
     media_by_key = {m.get("media_key"): m for m in includes.get("media") or () if isinstance(m, dict)}
     keys = (raw.get("attachments") or {}).get("media_keys") or []
     media = [sanitize(media_by_key.get(k, {"media_key": k}))[0] for k in keys] or None
-    referenced = raw.get("referenced_tweets") or None
+    # Shared tweets: the event holds their IDs, `includes.tweets` their content; keep both together.
+    tweets_by_id = {t.get("id"): t for t in includes.get("tweets") or () if isinstance(t, dict)}
+    referenced = [sanitize({**tweets_by_id.get(r.get("id"), {}), **r})[0]
+                  for r in raw.get("referenced_tweets") or () if isinstance(r, dict)] or None
     text = raw.get("text") if isinstance(raw.get("text"), str) else None
-    content = {"event": raw, "media": media}
+    content = {"event": raw, "media": media, "tweets": referenced}
     return EventRow(
         message_id=message_id, conversation_id=conversation_id, event_type=event_type,
         sender_id=sender_id, recipient_id=recipient_id, participant_ids=participants,

@@ -132,3 +132,30 @@ def test_x_conversation_streams_reach_past_the_30_day_window(engine, monkeypatch
         assert set(full) - set(inbox), "events older than 30 days came through the conversation streams"
         again = run_sync(engine, account)
         assert again.total("inserted") == 0 and again.total("requests") == len(again.streams)
+
+
+def test_getxapi_incremental_is_exact_and_ct0_twid_are_accepted(engine, sim, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    uid = sim.world.accounts()[1]
+    monkeypatch.setenv("DM_TEST_CT0", "csrf-token")
+    monkeypatch.setenv("DM_TEST_TWID", f"u={uid}")
+    account = replace(getxapi_account(sim, uid, monkeypatch), ct0_env="DM_TEST_CT0", twid_env="DM_TEST_TWID")
+    routes = [f"getxapi:{t}" for t in ("all", "requests", "hidden")]
+    assert run_sync(engine, account).status is StreamStatus.SUCCEEDED
+    new_ids = sim.world.advance(uid, 30)
+    result = run_sync(engine, account)
+    assert result.total("inserted") == len(new_ids)
+    assert result.total("requests") <= 3 + math.ceil(len(new_ids) / account.page_size)
+    assert warehouse_rows(engine, account.key) == union_truth(sim.world, uid, routes)
+
+
+def test_the_governor_keeps_a_sync_within_the_window_at_zero_429s(engine, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """5 requests per 2-second window, a sync needing 8 pages: the governor waits for the window
+    (real waits: the protocol's own clock) instead of earning a 429."""
+    from dm_pipeline.simulator import Simulator, World
+
+    world = World(seed=11)
+    with Simulator(world, rate_limit=5, rate_window_s=2) as sim:
+        account = sim_account(sim, world.accounts()[0], monkeypatch, page_size=50)
+        result = run_sync(engine, account)
+        assert result.status is StreamStatus.SUCCEEDED and result.total("requests") >= 6
+        assert [s for _, _, s, _ in sim.request_log if s == 429] == []

@@ -33,6 +33,12 @@ def test_message_create_is_normalized() -> None:
     assert row.text == "hello 👩‍👩‍👧 שלום" and not row.sanitized
 
 
+def test_shared_tweets_are_joined_from_includes() -> None:
+    row = normalize_event(_event(referenced_tweets=[{"id": "42"}]),
+                          {"tweets": [{"id": "42", "text": "a tweet", "author_id": "7"}]}, ME, "s")
+    assert row.referenced_tweets == [{"id": "42", "text": "a tweet", "author_id": "7"}]
+
+
 def test_participants_join_has_participants_and_no_text() -> None:
     row = normalize_event({"id": "15", "event_type": "ParticipantsJoin", "participant_ids": ["7", "8"],
                            "dm_conversation_id": "1234567890123456789", "sender_id": "9"}, {}, ME, "s")
