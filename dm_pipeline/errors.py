@@ -77,3 +77,21 @@ class InvalidIdentifier(DmPipelineError):
 
 class CursorLoop(DmPipelineError):
     error_code = "cursor_loop"
+
+
+class PageCommitError(Exception):
+    """A page commit failed in Postgres. Its message names the exception class, SQLSTATE and constraint
+    only: the driver's message quotes the failing row (`DETAIL: Failing row contains (…)`) and
+    SQLAlchemy's appends the bound parameters, and both hold message text.
+
+    Deliberately not a DmPipelineError: it propagates exactly as the driver's error did (nothing that
+    handles provider or config errors swallows it, and Dagster's RetryPolicy still retries the step)."""
+
+    def __init__(self, account_key: str, stream_key: str, exc: BaseException) -> None:
+        orig = getattr(exc, "orig", None) or exc
+        self.sqlstate: str | None = getattr(orig, "sqlstate", None)
+        constraint = getattr(getattr(orig, "diag", None), "constraint_name", None)
+        what = ", ".join(filter(None, [type(orig).__name__, self.sqlstate and f"SQLSTATE {self.sqlstate}",
+                                       constraint and f"constraint {constraint}"]))
+        super().__init__(f"page commit failed for account={account_key} stream={stream_key}: {what} "
+                         "(row values withheld: they hold message text)")

@@ -165,7 +165,30 @@ dm_conversation_events = Table(
     schema=PRIVATE,
 )
 
+dm_erasures = Table(
+    "dm_erasures", metadata,
+    # One row per `dm-pipeline erase`: what was deleted, counts only (the erased rows are gone).
+    Column("erasure_id", BigInteger, primary_key=True, autoincrement=True),
+    Column("run_id", Text, nullable=False),
+    Column("account_key", Text, nullable=False),
+    Column("provider", Text),
+    Column("requested_by", Text, nullable=False, server_default=text("CURRENT_USER")),
+    Column("history_rows", Integer, nullable=False),
+    Column("conversation_rows", Integer, nullable=False),
+    Column("conversation_event_rows", Integer, nullable=False),
+    Column("token_rows", Integer, nullable=False),
+    Column("sync_state_rows", Integer, nullable=False),
+    Column("audit_rows_redacted", Integer, nullable=False),
+    Column("erased_at", DateTime(timezone=True), nullable=False, server_default=_now),
+    schema=AUDIT,
+)
+
 Index(None, dm_history.c.account_key, dm_history.c.conversation_id, dm_history.c.created_at)
 Index(None, dm_history.c.created_at)
+# Migration 0003, for the dm_analytics views: the dedupe probe, conversation timelines, per-account UTC days
+# (the expression of daily_volume.day).
+Index(None, dm_history.c.message_id, postgresql_include=["edit_count", "last_changed_at", "account_key"])
+Index(None, dm_history.c.conversation_id, dm_history.c.created_at)
+Index("ix_dm_history_account_key_utc_day", dm_history.c.account_key, text("((created_at AT TIME ZONE 'UTC')::date)"))
 Index(None, dm_sync_audit.c.account_key, dm_sync_audit.c.stream_key, dm_sync_audit.c.finished_at)
 Index(None, dm_sync_audit.c.run_id)

@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, func, literal_column, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.exc import StatementError
 
 from dm_pipeline.db.tables import (
     dm_conversation_events,
@@ -19,6 +20,7 @@ from dm_pipeline.db.tables import (
     dm_users,
     sync_state,
 )
+from dm_pipeline.errors import PageCommitError
 from dm_pipeline.models import Account, EventRow, Page, Stream
 
 
@@ -187,12 +189,16 @@ def upsert_side_data(conn: Connection, account: Account, stream: Stream, run_id:
 def commit_page(engine: Engine, account: Account, stream: Stream, run_id: str, events: Sequence[EventRow],
                 state: StreamState, audit: AuditEntry, page: Page | None = None) -> tuple[int, int]:
     """THE crash-safety point: the page's rows, the advanced cursor and its audit row commit together."""
-    with engine.begin() as conn:
-        inserted, updated = upsert_events(conn, account, stream, run_id, events)
-        if page is not None:
-            upsert_side_data(conn, account, stream, run_id, page)
-        write_state(conn, account, stream, state)
-        insert_audit(conn, account, stream, audit, inserted, updated)
+    try:
+        with engine.begin() as conn:
+            inserted, updated = upsert_events(conn, account, stream, run_id, events)
+            if page is not None:
+                upsert_side_data(conn, account, stream, run_id, page)
+            write_state(conn, account, stream, state)
+            insert_audit(conn, account, stream, audit, inserted, updated)
+    except StatementError as exc:
+        # Its message quotes the failing row and the parameters (message text): re-raise without both.
+        raise PageCommitError(account.key, stream.key, exc) from None
     return inserted, updated
 
 

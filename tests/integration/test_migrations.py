@@ -11,12 +11,14 @@ def test_upgrade_check_downgrade_roundtrip(db_url: str) -> None:
     check(db_url)  # the test database was cloned from a template at head: no drift
     downgrade(db_url, "base")
     engine = create_engine(db_url)
-    assert not {"dm_private", "dm_audit"} & set(inspect(engine).get_schema_names())
+    assert not {"dm_private", "dm_audit", "dm_analytics"} & set(inspect(engine).get_schema_names())
     upgrade(db_url)
     check(db_url)
     tables = {(s, t) for s in ("dm_private", "dm_audit") for t in inspect(engine).get_table_names(schema=s)}
     assert tables == {("dm_private", "dm_history"), ("dm_private", "sync_state"),
                       ("dm_private", "oauth_tokens"), ("dm_private", "dm_users"),
                       ("dm_private", "dm_conversations"), ("dm_private", "dm_conversation_events"),
-                      ("dm_audit", "dm_sync_audit")}
+                      ("dm_audit", "dm_sync_audit"), ("dm_audit", "dm_erasures")}
+    assert set(inspect(engine).get_view_names(schema="dm_analytics")) == {
+        "messages", "conversations", "daily_volume", "sync_health"}
     engine.dispose()
