@@ -7,6 +7,7 @@ commit is atomic; the crash tests with real processes prove that part)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import uuid
@@ -74,10 +75,8 @@ class FakeClient:
 
 
 def run(engine: Engine, world: FakeWorld, page_size: int, crash_at: int | None, sweep: bool = False) -> None:
-    try:
+    with contextlib.suppress(Crash):
         sync_account(engine, FakeClient(world, page_size, crash_at), f"prop-{uuid.uuid4()}", RunLimits(sweep=sweep))
-    except Crash:
-        pass
 
 
 step = st.tuples(

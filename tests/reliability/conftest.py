@@ -17,6 +17,11 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         width = max(len(name) for name, _, _ in faults)
         for name, ok, detail in sorted(faults):
             tr.write_line(f"{name:<{width}}  {'as expected' if ok else 'UNEXPECTED '}  {detail}")
+    crashes = RESULTS.get("crash", [])
+    if crashes:
+        tr.section("crash trials")
+        for name, ok, detail in crashes:
+            tr.write_line(f"{name}  {'exact' if ok else 'NOT EXACT'}  {detail}")
     a, b = tally("crash")
     c, d = tally("fault")
     e, f = tally("bad_input")
