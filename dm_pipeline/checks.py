@@ -16,12 +16,15 @@ class CheckOutcome:
 
 
 def reconciliation(engine: Engine, account_keys: list[str]) -> CheckOutcome:
-    """Every stored row was inserted by exactly one committed page: audit inserts = table rows."""
+    """Every stored row was inserted by exactly one committed page: audit inserts = table rows. Audit rows
+    from before the account's last erasure describe rows that no longer exist, so they are not counted."""
     sql = text("""
         SELECT k AS account_key,
                (SELECT count(*) FROM dm_private.dm_history h WHERE h.account_key = k) AS stored,
                (SELECT coalesce(sum(events_inserted), 0) FROM dm_audit.dm_sync_audit a
-                 WHERE a.account_key = k AND a.row_kind = 'page') AS audited
+                 WHERE a.account_key = k AND a.row_kind = 'page'
+                   AND a.finished_at > coalesce((SELECT max(erased_at) FROM dm_audit.dm_erasures e
+                                                 WHERE e.account_key = k), '-infinity')) AS audited
         FROM unnest(CAST(:keys AS text[])) AS k""")
     with engine.connect() as conn:
         rows = [dict(r) for r in conn.execute(sql, {"keys": account_keys}).mappings()]

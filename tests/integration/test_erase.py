@@ -123,3 +123,14 @@ def test_an_erasure_waits_for_no_running_sync(engine, two_accounts) -> None:  # 
 def test_an_unknown_account_is_one_clear_line_and_exit_2(db_url) -> None:  # type: ignore[no-untyped-def]
     proc = _cli(db_url, "--account", "nobody", "--yes")
     assert proc.returncode == 2 and "unknown to the warehouse" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_after_an_erasure_a_resync_reconciles_again(engine, sim, two_accounts) -> None:  # type: ignore[no-untyped-def]
+    from dm_pipeline import checks
+
+    a, _ = two_accounts
+    assert checks.reconciliation(engine, [a.key]).passed
+    erase_account(engine, a.key)
+    resynced = run_sync(engine, a)
+    assert resynced.total("inserted") == len(sim.world.truth(a.user_id))
+    assert checks.reconciliation(engine, [a.key]).passed
