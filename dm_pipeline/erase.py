@@ -1,7 +1,7 @@
 """`dm-pipeline erase`: delete one account's private copy, in one transaction.
 
-What goes: the account's rows in dm_history, dm_conversations, dm_conversation_events, oauth_tokens and
-sync_state (text, raw payloads, participants, tokens, cursor state).
+What goes: the account's rows in dm_history, dm_conversations, dm_conversation_events, dm_quarantine,
+oauth_tokens and sync_state (text, raw payloads, participants, tokens, cursor state).
 
 What the audit keeps: its rows of the account stay, with IDs (run, message, newest/oldest), counts, HTTP
 statuses, job statuses and error codes, as seeds 000/001 allow in shared logs; their cursors and media
@@ -26,6 +26,7 @@ from dm_pipeline.db.tables import (
     dm_conversations,
     dm_erasures,
     dm_history,
+    dm_quarantine,
     dm_sync_audit,
     oauth_tokens,
     sync_state,
@@ -36,6 +37,7 @@ PRIVATE = {
     "history_rows": dm_history,
     "conversation_rows": dm_conversations,
     "conversation_event_rows": dm_conversation_events,
+    "quarantine_rows": dm_quarantine,
     "token_rows": oauth_tokens,
     "sync_state_rows": sync_state,
 }
@@ -55,6 +57,7 @@ class Erasure:
     history_rows: int
     conversation_rows: int
     conversation_event_rows: int
+    quarantine_rows: int
     token_rows: int
     sync_state_rows: int
     audit_rows_redacted: int
@@ -63,8 +66,8 @@ class Erasure:
 
     @property
     def private_rows(self) -> int:
-        return (self.history_rows + self.conversation_rows + self.conversation_event_rows + self.token_rows
-                + self.sync_state_rows)
+        return (self.history_rows + self.conversation_rows + self.conversation_event_rows + self.quarantine_rows
+                + self.token_rows + self.sync_state_rows)
 
     @property
     def nothing_to_do(self) -> bool:

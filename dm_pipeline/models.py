@@ -84,10 +84,22 @@ class EventRow:
     raw: dict[str, Any]
     sanitized: bool           # text or raw had characters Postgres refuses (NUL): replaced, flagged
     content_hash: str         # sha256 over the normalized content: unchanged re-fetches write nothing
+    flags: tuple[str, ...] = ()  # what normalizing had to do (see dm_history.flags)
 
     @property
     def id_int(self) -> int:
         return int(self.message_id)
+
+
+@dataclass(frozen=True)
+class QuarantinedEvent:
+    """An event that could not become a row: kept in dm_private.dm_quarantine with a typed error code."""
+
+    provider_event_id: str | None
+    error_code: str           # missing_required_field, invalid_id, wrong_type, not_an_object
+    reason: str               # fixed wording naming the field, never a value
+    raw: dict[str, Any]
+    content_hash: str
 
 
 @dataclass(frozen=True)
@@ -137,6 +149,7 @@ class Page:
     conversations: tuple[ConversationRow, ...] = ()
     conversation_events: tuple[ConversationEventRow, ...] = ()
     credits: int = 0          # provider credits this page cost (Xquik: 1 per message returned)
+    quarantined: tuple[QuarantinedEvent, ...] = ()
 
 
 @dataclass

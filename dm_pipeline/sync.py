@@ -128,6 +128,7 @@ def _walk(engine: Engine, client: ProviderClient, stream: Stream, run_id: str, l
                                          for m in e.media or ()],
             newest_id=max(ids, key=int) if ids else None, oldest_id=min(ids, key=int) if ids else None,
             error_code="cursor_loop" if loop else None, gap_suspected=gap, credits=page.credits,
+            events_quarantined=len(page.quarantined),
         )
         inserted, updated = writes.commit_page(engine, client.account, stream, run_id, keep, state, audit, page)
         res.pages += 1

@@ -15,6 +15,7 @@ from sqlalchemy import (
     MetaData,
     Table,
     Text,
+    UniqueConstraint,
     func,
     text,
 )
@@ -51,6 +52,9 @@ dm_history = Table(
     Column("edit_count", Integer, nullable=False, server_default=text("0")),
     Column("raw", JSONB, nullable=False),
     Column("sanitized", Boolean, nullable=False, server_default=text("false")),
+    # What the normalizer had to do to store the event: nul_replaced, surrogate_replaced,
+    # invalid_created_at, missing_created_at, coerced_types, large_text. Empty for clean events.
+    Column("flags", ARRAY(Text), nullable=False, server_default=text("'{}'")),
     Column("content_hash", Text, nullable=False),
     Column("first_seen_run_id", Text, nullable=False),
     Column("last_changed_run_id", Text, nullable=False),
@@ -109,6 +113,7 @@ dm_sync_audit = Table(
     Column("events_received", Integer, nullable=False, server_default=text("0")),
     Column("events_inserted", Integer, nullable=False, server_default=text("0")),
     Column("events_updated", Integer, nullable=False, server_default=text("0")),
+    Column("events_quarantined", Integer, nullable=False, server_default=text("0")),
     Column("message_ids", ARRAY(Text), nullable=False, server_default=text("'{}'")),
     Column("media_refs", ARRAY(Text), nullable=False, server_default=text("'{}'")),
     Column("newest_id", Text),
@@ -121,6 +126,25 @@ dm_sync_audit = Table(
     Column("finished_at", DateTime(timezone=True), nullable=False, server_default=_now),
     CheckConstraint("row_kind IN ('page', 'job')", name="row_kind"),
     schema=AUDIT,
+)
+
+dm_quarantine = Table(
+    "dm_quarantine", metadata,
+    # Events that could not be normalized (no numeric ID, no type, a field of the wrong type): kept here,
+    # private (they may hold text), with a typed error code, instead of being dropped or failing the page.
+    Column("quarantine_id", BigInteger, primary_key=True, autoincrement=True),
+    Column("account_key", Text, nullable=False),
+    Column("provider", Text, nullable=False),
+    Column("stream_key", Text, nullable=False),
+    Column("provider_event_id", Text),
+    Column("error_code", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("raw", JSONB, nullable=False),
+    Column("content_hash", Text, nullable=False),
+    Column("first_seen_run_id", Text, nullable=False),
+    Column("first_seen_at", DateTime(timezone=True), nullable=False, server_default=_now),
+    UniqueConstraint("account_key", "stream_key", "content_hash"),
+    schema=PRIVATE,
 )
 
 dm_users = Table(
@@ -176,6 +200,7 @@ dm_erasures = Table(
     Column("history_rows", Integer, nullable=False),
     Column("conversation_rows", Integer, nullable=False),
     Column("conversation_event_rows", Integer, nullable=False),
+    Column("quarantine_rows", Integer, nullable=False, server_default=text("0")),
     Column("token_rows", Integer, nullable=False),
     Column("sync_state_rows", Integer, nullable=False),
     Column("audit_rows_redacted", Integer, nullable=False),

@@ -16,6 +16,7 @@ from dm_pipeline.db.tables import (
     dm_conversation_events,
     dm_conversations,
     dm_history,
+    dm_quarantine,
     dm_sync_audit,
     dm_users,
     sync_state,
@@ -63,6 +64,7 @@ class AuditEntry:
     error_code: str | None = None
     gap_suspected: bool = False
     credits: int = 0
+    events_quarantined: int = 0
 
 
 def read_state(conn: Connection, account_key: str, stream_key: str) -> StreamState:
@@ -83,14 +85,15 @@ def _history_values(account: Account, stream: Stream, run_id: str, e: EventRow) 
         "sender_id": e.sender_id, "recipient_id": e.recipient_id, "participant_ids": list(e.participant_ids),
         "created_at": e.created_at, "text": e.text, "media": e.media, "referenced_tweets": e.referenced_tweets,
         "reply_to_message_id": e.reply_to_message_id, "edit_count": e.edit_count, "raw": e.raw,
-        "sanitized": e.sanitized, "content_hash": e.content_hash, "first_seen_run_id": run_id,
+        "sanitized": e.sanitized, "flags": list(e.flags), "content_hash": e.content_hash,
+        "first_seen_run_id": run_id,
         "last_changed_run_id": run_id,
     }
 
 
 _CHANGING = ("conversation_id", "event_type", "sender_id", "recipient_id", "participant_ids", "created_at",
              "text", "media", "referenced_tweets", "reply_to_message_id", "edit_count", "raw", "sanitized",
-             "content_hash", "last_changed_run_id")
+             "flags", "content_hash", "last_changed_run_id")
 
 
 def upsert_events(conn: Connection, account: Account, stream: Stream, run_id: str,
@@ -147,6 +150,7 @@ def insert_audit(conn: Connection, account: Account, stream: Stream, entry: Audi
         events_updated=updated, message_ids=list(entry.message_ids), media_refs=list(entry.media_refs),
         newest_id=entry.newest_id, oldest_id=entry.oldest_id, job_status=entry.job_status,
         error_code=entry.error_code, gap_suspected=entry.gap_suspected, credits=entry.credits,
+        events_quarantined=entry.events_quarantined,
         started_at=entry.started_at,
     ))
 
@@ -177,6 +181,13 @@ def upsert_side_data(conn: Connection, account: Account, stream: Stream, run_id:
                   "participant_ids": cins.excluded.participant_ids, "raw": cins.excluded.raw,
                   "content_hash": cins.excluded.content_hash, "updated_at": func.now()},
             where=dm_conversations.c.content_hash.is_distinct_from(cins.excluded.content_hash)))
+    bad = {q.content_hash: q for q in page.quarantined}
+    if bad:
+        qins = pg_insert(dm_quarantine).values([
+            {"account_key": account.key, "provider": provider, "stream_key": stream.key,
+             "provider_event_id": q.provider_event_id, "error_code": q.error_code, "reason": q.reason,
+             "raw": q.raw, "content_hash": q.content_hash, "first_seen_run_id": run_id} for q in bad.values()])
+        conn.execute(qins.on_conflict_do_nothing())  # re-fetching a page must not quarantine it twice
     events = {e.event_key: e for e in page.conversation_events}
     if events:
         eins = pg_insert(dm_conversation_events).values([

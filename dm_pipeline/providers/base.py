@@ -5,13 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any, Protocol
 
 from dm_pipeline.errors import InvalidIdentifier
 from dm_pipeline.http.policy import Budget
-from dm_pipeline.models import Account, Page, Stream, UserRow
+from dm_pipeline.models import Account, EventRow, Page, QuarantinedEvent, Stream, UserRow
 
 # Postgres refuses NUL in text and jsonb; lone surrogates cannot be encoded to UTF-8 at all.
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
@@ -59,6 +59,96 @@ def sanitize(value: Any) -> tuple[Any, bool]:
         items = [sanitize(v) for v in value]
         return [v for v, _ in items], any(c for _, c in items)
     return value, False
+
+
+def unstorable_flags(value: Any) -> set[str]:
+    """Which kinds of unstorable characters `value` holds (only asked when sanitize() changed something)."""
+    blob = json.dumps(value, ensure_ascii=False, default=str)  # lone surrogates survive json.dumps
+    flags = set()
+    if "\x00" in blob or "\\u0000" in blob:
+        flags.add("nul_replaced")
+    if re.search("[\ud800-\udfff]", blob):
+        flags.add("surrogate_replaced")
+    return flags
+
+
+class BadEvent(Exception):
+    """One event of a page cannot become a row; it is quarantined and the rest of the page goes on."""
+
+    def __init__(self, error_code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.error_code = error_code
+        self.reason = reason
+
+
+LARGE_TEXT = 100_000  # characters; stored as is, flagged for analysts
+
+
+def id_field(raw: dict[str, Any], name: str, flags: set[str], *, required: bool = False) -> str | None:
+    """A numeric-string ID field. An integer is coerced (and flagged); anything else non-numeric is a
+    bad event when the field is required, and dropped (flagged) when it is not."""
+    value = raw.get(name)
+    if value is None:
+        if required:
+            raise BadEvent("missing_required_field", f"`{name}` is missing")
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        if required:
+            raise BadEvent("wrong_type", f"`{name}` is not a string")
+        flags.add("coerced_types")
+        return None
+    if isinstance(value, int):
+        flags.add("coerced_types")
+        value = str(value)
+    if not value.isdigit() or len(value) > 19:
+        if required:
+            raise BadEvent("invalid_id", f"`{name}` is not a numeric ID")
+        flags.add("coerced_types")
+        return None
+    return value
+
+
+def text_field(raw: dict[str, Any], name: str, flags: set[str]) -> str | None:
+    value = raw.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise BadEvent("wrong_type", f"`{name}` is not a string")
+    if len(value) > LARGE_TEXT:
+        flags.add("large_text")
+    return value
+
+
+def time_field(raw: dict[str, Any], name: str, flags: set[str]) -> datetime | None:
+    value = raw.get(name)
+    if value is None:
+        flags.add("missing_created_at")
+        return None
+    parsed = parse_timestamp(value)
+    if parsed is None:
+        flags.add("invalid_created_at")
+    return parsed
+
+
+def normalize_all(items: Any, normalize: Callable[[dict[str, Any]], EventRow]
+                  ) -> tuple[list[EventRow], list[QuarantinedEvent]]:
+    """Normalize a page's events one by one: a bad event is quarantined, never the page's good ones."""
+    events: list[EventRow] = []
+    quarantined: list[QuarantinedEvent] = []
+    for item in items:
+        if not isinstance(item, dict):
+            raw, _ = sanitize({"value": item})
+            quarantined.append(QuarantinedEvent(None, "not_an_object", "the event is not a JSON object", raw,
+                                                content_hash(raw)))
+            continue
+        try:
+            events.append(normalize(item))
+        except BadEvent as exc:
+            raw, _ = sanitize(item)
+            pid = raw.get("id")
+            quarantined.append(QuarantinedEvent(str(pid)[:64] if isinstance(pid, str | int) else None,
+                                                exc.error_code, exc.reason, raw, content_hash(raw)))
+    return events, quarantined
 
 
 def content_hash(content: dict[str, Any]) -> str:

@@ -16,7 +16,19 @@ from dm_pipeline.errors import AuthError, ConfigError, InvalidCursor, MalformedR
 from dm_pipeline.http.policy import Budget, RetryPolicy, send
 from dm_pipeline.http.ratelimit import Governor
 from dm_pipeline.models import Account, ConversationEventRow, ConversationRow, EventRow, Page, Stream
-from dm_pipeline.providers.base import USER_ID_RE, content_hash, parse_timestamp, sanitize, user_row, validate_id
+from dm_pipeline.providers.base import (
+    USER_ID_RE,
+    content_hash,
+    id_field,
+    normalize_all,
+    parse_timestamp,
+    sanitize,
+    text_field,
+    time_field,
+    unstorable_flags,
+    user_row,
+    validate_id,
+)
 
 LIST = "/twitter/dm/list"
 
@@ -41,22 +53,24 @@ def map_error(response: httpx.Response) -> ProviderError:
 
 def normalize_message(message: dict[str, Any]) -> EventRow:
     raw, dirty = sanitize(message)
-    mid = raw.get("id")
-    if not isinstance(mid, str) or not mid.isdigit():
-        raise MalformedResponse("GetXAPI message without a numeric `id`")
+    flags = unstorable_flags(message) if dirty else set()
+    mid = id_field(raw, "id", flags, required=True) or ""
     media = raw.get("media")
     shared = raw.get("shared_tweet")
     edit_count = raw.get("edit_count")
+    if edit_count is not None and not isinstance(edit_count, int):
+        flags.add("coerced_types")
+    conversation = raw.get("conversationId")
     return EventRow(
-        message_id=mid, conversation_id=raw.get("conversationId"), event_type="MessageCreate",
-        sender_id=raw.get("senderId"), recipient_id=raw.get("recipientId"), participant_ids=(),
-        created_at=parse_timestamp(raw.get("createdAt")),
-        text=raw.get("text") if isinstance(raw.get("text"), str) else None,
+        message_id=mid, conversation_id=conversation if isinstance(conversation, str) else None,
+        event_type="MessageCreate", sender_id=id_field(raw, "senderId", flags),
+        recipient_id=id_field(raw, "recipientId", flags), participant_ids=(),
+        created_at=time_field(raw, "createdAt", flags), text=text_field(raw, "text", flags),
         media=[media] if isinstance(media, dict) else None,
-        referenced_tweets=[{"id": str(shared.get("id"))}] if isinstance(shared, dict) and shared.get("id") else None,
-        reply_to_message_id=raw.get("reply_to_message_id"),
+        referenced_tweets=[shared] if isinstance(shared, dict) and shared.get("id") else None,
+        reply_to_message_id=id_field(raw, "reply_to_message_id", flags),
         edit_count=edit_count if isinstance(edit_count, int) else 0, raw=raw, sanitized=dirty,
-        content_hash=content_hash(raw),
+        content_hash=content_hash(raw), flags=tuple(sorted(flags)),
     )
 
 
@@ -82,9 +96,7 @@ def normalize_event(event: dict[str, Any]) -> ConversationEventRow:
 def parse_list(body: Any) -> Page:
     if not isinstance(body, dict) or not isinstance(body.get("messages", []), list):
         raise MalformedResponse("GetXAPI response is not an object with a `messages` list")
-    messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
-    if len(messages) != len(body.get("messages") or []):
-        raise MalformedResponse("GetXAPI `messages` holds a non-object")
+    messages, quarantined = normalize_all(body.get("messages") or [], normalize_message)
     users_map = body.get("users") or {}
     users = [row for u in (users_map.values() if isinstance(users_map, dict) else users_map)
              if isinstance(u, dict) and (row := user_row(u, username_key="screen_name"))]
@@ -95,9 +107,9 @@ def parse_list(body: Any) -> Page:
     cursor = body.get("next_cursor")
     if more and not (isinstance(cursor, str) and cursor):
         raise MalformedResponse("GetXAPI says has_more but gives no next_cursor")
-    return Page(events=tuple(normalize_message(m) for m in messages), next_cursor=cursor if more else None,
+    return Page(events=tuple(messages), next_cursor=cursor if more else None,
                 http_status=200, requests=1, users=tuple(users), conversations=tuple(conversations),
-                conversation_events=tuple(events))
+                conversation_events=tuple(events), quarantined=tuple(quarantined))
 
 
 class GetXApiClient:
@@ -143,4 +155,5 @@ class GetXApiClient:
         page = parse_list(body)
         return Page(events=page.events, next_cursor=page.next_cursor, http_status=sent.response.status_code,
                     requests=sent.requests, rate_limit=sent.rate_limit, users=page.users,
-                    conversations=page.conversations, conversation_events=page.conversation_events)
+                    conversations=page.conversations, conversation_events=page.conversation_events,
+                    quarantined=page.quarantined)

@@ -14,12 +14,17 @@ import httpx
 from dm_pipeline.errors import AuthError, InvalidCursor, MalformedResponse, ProviderError
 from dm_pipeline.http.policy import Budget, RetryPolicy, Sent, send
 from dm_pipeline.http.ratelimit import Governor
-from dm_pipeline.models import Account, EventRow, Page, Stream, UserRow
+from dm_pipeline.models import Account, EventRow, Page, QuarantinedEvent, Stream, UserRow
 from dm_pipeline.providers.base import (
     USER_ID_RE,
+    BadEvent,
     content_hash,
-    parse_timestamp,
+    id_field,
+    normalize_all,
     sanitize,
+    text_field,
+    time_field,
+    unstorable_flags,
     user_row,
     validate_id,
 )
@@ -76,15 +81,23 @@ def map_error(response: httpx.Response) -> ProviderError:
 
 def normalize_event(event: dict[str, Any], includes: dict[str, Any], account_user_id: str,
                     stream_key: str) -> EventRow:
-    """Pure: one `DmEvent` plus the page's `includes` to one dm_history row."""
+    """Pure: one `DmEvent` plus the page's `includes` to one dm_history row. Raises BadEvent (the event is
+    quarantined) when it has no numeric `id`, no `event_type`, or a field of an unusable type."""
     raw, dirty = sanitize(event)
-    message_id = raw.get("id")
+    flags = unstorable_flags(event) if dirty else set()
+    message_id = id_field(raw, "id", flags, required=True)
     event_type = raw.get("event_type")
-    if not isinstance(message_id, str) or not message_id.isdigit() or not isinstance(event_type, str):
-        raise MalformedResponse("X event without a numeric `id` or an `event_type`")
+    if not isinstance(event_type, str) or not event_type:
+        raise BadEvent("missing_required_field" if event_type is None else "wrong_type", "`event_type` is unusable")
     conversation_id = raw.get("dm_conversation_id")
-    sender_id = raw.get("sender_id")
-    participants = tuple(str(p) for p in raw.get("participant_ids") or ())
+    if conversation_id is not None and not isinstance(conversation_id, str):
+        flags.add("coerced_types")
+        conversation_id = str(conversation_id)
+    sender_id = id_field(raw, "sender_id", flags)
+    listed = raw.get("participant_ids") or ()
+    if not isinstance(listed, list | tuple):
+        raise BadEvent("wrong_type", "`participant_ids` is not a list")
+    participants = tuple(str(p) for p in listed)
     recipient_id = None
     if isinstance(conversation_id, str) and "-" in conversation_id and sender_id:
         # A 1:1 conversation ID is "{smaller}-{larger}": the recipient is the other one.
@@ -97,19 +110,20 @@ def normalize_event(event: dict[str, Any], includes: dict[str, Any], account_use
     tweets_by_id = {t.get("id"): t for t in includes.get("tweets") or () if isinstance(t, dict)}
     referenced = [sanitize({**tweets_by_id.get(r.get("id"), {}), **r})[0]
                   for r in raw.get("referenced_tweets") or () if isinstance(r, dict)] or None
-    text = raw.get("text") if isinstance(raw.get("text"), str) else None
+    text = text_field(raw, "text", flags)
+    created_at = time_field(raw, "created_at", flags)
     content = {"event": raw, "media": media, "tweets": referenced}
     return EventRow(
-        message_id=message_id, conversation_id=conversation_id, event_type=event_type,
+        message_id=message_id or "", conversation_id=conversation_id, event_type=event_type,
         sender_id=sender_id, recipient_id=recipient_id, participant_ids=participants,
-        created_at=parse_timestamp(raw.get("created_at")), text=text, media=media,
+        created_at=created_at, text=text, media=media,
         referenced_tweets=referenced, reply_to_message_id=None, edit_count=0, raw=raw, sanitized=dirty,
-        content_hash=content_hash(content),
+        content_hash=content_hash(content), flags=tuple(sorted(flags)),
     )
 
 
-def parse_page(body: Any, account_user_id: str, stream_key: str) -> tuple[list[EventRow], str | None,
-                                                                           list[UserRow]]:
+def parse_page(body: Any, account_user_id: str, stream_key: str
+               ) -> tuple[list[EventRow], str | None, list[UserRow], list[QuarantinedEvent]]:
     if not isinstance(body, dict):
         raise MalformedResponse("X response is not a JSON object")
     data = body.get("data") or []  # an empty page omits `data` (spec: minItems 1)
@@ -117,12 +131,10 @@ def parse_page(body: Any, account_user_id: str, stream_key: str) -> tuple[list[E
     meta = body.get("meta") or {}
     if not isinstance(data, list) or not isinstance(includes, dict) or not isinstance(meta, dict):
         raise MalformedResponse("X response has `data`, `includes` or `meta` of the wrong type")
-    events = [normalize_event(e, includes, account_user_id, stream_key) for e in data if isinstance(e, dict)]
-    if len(events) != len(data):
-        raise MalformedResponse("X response `data` holds a non-object")
+    events, quarantined = normalize_all(data, lambda e: normalize_event(e, includes, account_user_id, stream_key))
     next_token = meta.get("next_token")
     users = [row for u in includes.get("users") or () if isinstance(u, dict) and (row := user_row(u))]
-    return events, (next_token if isinstance(next_token, str) and next_token else None), users
+    return events, (next_token if isinstance(next_token, str) and next_token else None), users, quarantined
 
 
 class XClient:
@@ -186,9 +198,10 @@ class XClient:
             raise MalformedResponse("X response is not valid JSON", http_status=sent.response.status_code,
                                     requests=sent.requests) from None
         try:
-            events, next_cursor, users = parse_page(body, self.account.user_id, stream.key)
+            events, next_cursor, users, quarantined = parse_page(body, self.account.user_id, stream.key)
         except MalformedResponse as exc:
             exc.http_status, exc.requests = sent.response.status_code, sent.requests
             raise
         return Page(events=tuple(events), next_cursor=next_cursor, http_status=sent.response.status_code,
-                    requests=sent.requests, rate_limit=sent.rate_limit, users=tuple(users))
+                    requests=sent.requests, rate_limit=sent.rate_limit, users=tuple(users),
+                    quarantined=tuple(quarantined))

@@ -16,12 +16,16 @@ import httpx
 from dm_pipeline.errors import AuthError, InvalidCursor, MalformedResponse, ProviderError
 from dm_pipeline.http.policy import Budget, RetryPolicy, Sent, send
 from dm_pipeline.http.ratelimit import Governor
-from dm_pipeline.models import Account, EventRow, Page, Stream, UserRow
+from dm_pipeline.models import Account, EventRow, Page, QuarantinedEvent, Stream, UserRow
 from dm_pipeline.providers.base import (
     USER_ID_RE,
     content_hash,
-    parse_timestamp,
+    id_field,
+    normalize_all,
     sanitize,
+    text_field,
+    time_field,
+    unstorable_flags,
     user_row,
     validate_id,
 )
@@ -52,32 +56,30 @@ def conversation_id(a: str, b: str) -> str:
 
 def normalize_message(message: dict[str, Any], account_user_id: str, partner_id: str) -> EventRow:
     raw, dirty = sanitize(message)
-    mid = raw.get("id")
-    if not isinstance(mid, str) or not mid.isdigit():
-        raise MalformedResponse("Xquik message without a numeric `id`")
+    flags = unstorable_flags(message) if dirty else set()
+    mid = id_field(raw, "id", flags, required=True) or ""
     media_url = raw.get("mediaUrl")
     media = [{"url": media_url}] if isinstance(media_url, str) and media_url else None
-    text = raw.get("text") if isinstance(raw.get("text"), str) else None
     return EventRow(
         message_id=mid, conversation_id=conversation_id(account_user_id, partner_id), event_type="MessageCreate",
-        sender_id=raw.get("senderId"), recipient_id=raw.get("receiverId"), participant_ids=(),
-        created_at=parse_timestamp(raw.get("createdAt")), text=text, media=media, referenced_tweets=None,
-        reply_to_message_id=None, edit_count=0, raw=raw, sanitized=dirty, content_hash=content_hash(raw),
+        sender_id=id_field(raw, "senderId", flags), recipient_id=id_field(raw, "receiverId", flags),
+        participant_ids=(), created_at=time_field(raw, "createdAt", flags), text=text_field(raw, "text", flags),
+        media=media, referenced_tweets=None, reply_to_message_id=None, edit_count=0, raw=raw, sanitized=dirty,
+        content_hash=content_hash(raw), flags=tuple(sorted(flags)),
     )
 
 
-def parse_history(body: Any, account_user_id: str, partner_id: str) -> tuple[list[EventRow], str | None]:
+def parse_history(body: Any, account_user_id: str, partner_id: str
+                  ) -> tuple[list[EventRow], str | None, list[QuarantinedEvent]]:
     if not isinstance(body, dict) or not isinstance(body.get("messages", []), list):
         raise MalformedResponse("Xquik history is not an object with a `messages` list")
-    events = [normalize_message(m, account_user_id, partner_id) for m in body.get("messages") or []
-              if isinstance(m, dict)]
-    if len(events) != len(body.get("messages") or []):
-        raise MalformedResponse("Xquik `messages` holds a non-object")
+    events, quarantined = normalize_all(body.get("messages") or [],
+                                        lambda m: normalize_message(m, account_user_id, partner_id))
     more = body.get("has_next_page") is True
     cursor = body.get("next_cursor")
     if more and not (isinstance(cursor, str) and cursor):
         raise MalformedResponse("Xquik says has_next_page but gives no next_cursor")
-    return events, cursor if more else None
+    return events, cursor if more else None, quarantined
 
 
 class XquikClient:
@@ -142,11 +144,12 @@ class XquikClient:
             exc.requests += lookups
             raise
         try:
-            events, next_cursor = parse_history(sent.response.json(), self.account.user_id, partner_id)
+            events, next_cursor, quarantined = parse_history(sent.response.json(), self.account.user_id,
+                                                             partner_id)
         except ValueError:
             raise MalformedResponse("Xquik response is not valid JSON", http_status=sent.response.status_code,
                                     requests=sent.requests + lookups) from None
         users, self._looked_up = tuple(self._looked_up), []
         return Page(events=tuple(events), next_cursor=next_cursor, http_status=sent.response.status_code,
                     requests=sent.requests + lookups, rate_limit=sent.rate_limit, users=users,
-                    credits=len(events) + lookups)
+                    credits=len(events) + len(quarantined) + lookups, quarantined=tuple(quarantined))

@@ -16,7 +16,7 @@ def test_upgrade_check_downgrade_roundtrip(db_url: str) -> None:
     check(db_url)
     tables = {(s, t) for s in ("dm_private", "dm_audit") for t in inspect(engine).get_table_names(schema=s)}
     assert tables == {("dm_private", "dm_history"), ("dm_private", "sync_state"),
-                      ("dm_private", "oauth_tokens"), ("dm_private", "dm_users"),
+                      ("dm_private", "oauth_tokens"), ("dm_private", "dm_users"), ("dm_private", "dm_quarantine"),
                       ("dm_private", "dm_conversations"), ("dm_private", "dm_conversation_events"),
                       ("dm_audit", "dm_sync_audit"), ("dm_audit", "dm_erasures")}
     assert set(inspect(engine).get_view_names(schema="dm_analytics")) == {

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from dm_pipeline.errors import MalformedResponse
+from dm_pipeline.providers.base import BadEvent
 from dm_pipeline.providers.x_api import normalize_event, parse_page
 
 ME = "1000000000000000001"
@@ -48,6 +48,7 @@ def test_participants_join_has_participants_and_no_text() -> None:
 def test_nul_and_lone_surrogates_are_replaced_and_flagged() -> None:
     row = normalize_event(_event(text="a\x00b\ud800c"), {}, ME, "s")
     assert row.text == "a\ufffdb\ufffdc" and row.sanitized
+    assert row.flags == ("nul_replaced", "surrogate_replaced")
     assert "\x00" not in str(row.raw)
 
 
@@ -59,17 +60,17 @@ def test_content_hash_changes_with_content_only() -> None:
 
 
 @pytest.mark.parametrize("bad", [{"id": None}, {"id": "abc"}, {"event_type": None}])
-def test_an_event_without_numeric_id_or_type_is_malformed(bad: dict[str, object]) -> None:
-    with pytest.raises(MalformedResponse):
+def test_an_event_without_numeric_id_or_type_is_a_bad_event(bad: dict[str, object]) -> None:
+    with pytest.raises(BadEvent):
         normalize_event(_event(**bad), {}, ME, "s")
 
 
 def test_an_empty_page_omits_data() -> None:
-    events, cursor, users = parse_page({"meta": {"result_count": 0}}, ME, "s")
-    assert events == [] and cursor is None and users == []
+    events, cursor, users, quarantined = parse_page({"meta": {"result_count": 0}}, ME, "s")
+    assert events == [] and cursor is None and users == [] and quarantined == []
 
 
 def test_a_page_with_a_next_token() -> None:
-    events, cursor, _ = parse_page({"data": [_event()], "meta": {"result_count": 1, "next_token": "abc" * 6}},
+    events, cursor, _, _ = parse_page({"data": [_event()], "meta": {"result_count": 1, "next_token": "abc" * 6}},
                                    ME, "s")
     assert len(events) == 1 and cursor == "abc" * 6
