@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install run test dev lint clean db-stop
+.PHONY: install run test dev lint clean db-stop reliability
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python >= 3.11 is required (found: $$($(PYTHON) --version))"; exit 2; }
@@ -35,3 +35,8 @@ db-stop: install
 
 clean: db-stop
 	rm -rf .dm_pipeline $(VENV)
+
+# Full-size reliability figures (CI runs the reduced size as part of `make test`): 60 crash trials,
+# the whole fault matrix, the bad-input corpus, Postgres dying mid-run, 200 Hypothesis examples.
+reliability: install
+	DM_RELIABILITY=full $(BIN)/python -m pytest tests/reliability tests/integration/test_property_sync.py -p no:cacheprovider

@@ -13,10 +13,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from dm_pipeline.db import writes
 from dm_pipeline.db.writes import AuditEntry, StreamState
-from dm_pipeline.errors import CursorLoop, DmPipelineError, InvalidCursor, ProviderError, RateLimited
+from dm_pipeline.errors import (
+    CursorLoop,
+    DatabaseUnavailable,
+    DmPipelineError,
+    InvalidCursor,
+    ProviderError,
+    RateLimited,
+)
 from dm_pipeline.http.policy import Budget
 from dm_pipeline.models import Page, Stream, StreamResult, StreamStatus, SyncResult
 from dm_pipeline.providers.base import ProviderClient
@@ -53,6 +61,19 @@ def sync_account(engine: Engine, client: ProviderClient, run_id: str, limits: Ru
 
 def sync_stream(engine: Engine, client: ProviderClient, stream: Stream, run_id: str, limits: RunLimits,
                 budget: Budget, on_page: PageHook | None = None) -> StreamResult:
+    try:
+        return _sync_stream(engine, client, stream, run_id, limits, budget, on_page)
+    except (OperationalError, InterfaceError) as exc:
+        if not writes.connection_lost(exc):
+            raise
+        raise DatabaseUnavailable(
+            f"lost the connection to Postgres during {client.account.key}/{stream.key} "
+            f"({type(getattr(exc, 'orig', None) or exc).__name__}). The pages committed before are kept; "
+            "the next run resumes from the stored cursor") from None
+
+
+def _sync_stream(engine: Engine, client: ProviderClient, stream: Stream, run_id: str, limits: RunLimits,
+                 budget: Budget, on_page: PageHook | None = None) -> StreamResult:
     account = client.account
     res = StreamResult(account_key=account.key, stream_key=stream.key)
     started = writes.utcnow()

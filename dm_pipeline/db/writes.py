@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, func, literal_column, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.exc import StatementError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, StatementError
 
 from dm_pipeline.db.tables import (
     dm_conversation_events,
@@ -21,7 +21,7 @@ from dm_pipeline.db.tables import (
     dm_users,
     sync_state,
 )
-from dm_pipeline.errors import PageCommitError
+from dm_pipeline.errors import DatabaseUnavailable, PageCommitError
 from dm_pipeline.models import Account, EventRow, Page, Stream
 
 
@@ -208,9 +208,24 @@ def commit_page(engine: Engine, account: Account, stream: Stream, run_id: str, e
             write_state(conn, account, stream, state)
             insert_audit(conn, account, stream, audit, inserted, updated)
     except StatementError as exc:
+        if connection_lost(exc):
+            raise DatabaseUnavailable(
+                f"lost the connection to Postgres while committing a page of {account.key}/{stream.key} "
+                f"({type(getattr(exc, 'orig', None) or exc).__name__}). The pages committed before are kept; "
+                "the next run resumes from the stored cursor") from None
         # Its message quotes the failing row and the parameters (message text): re-raise without both.
         raise PageCommitError(account.key, stream.key, exc) from None
     return inserted, updated
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """The server went away (crash, restart, network) as opposed to a statement failing on its own."""
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    orig = getattr(exc, "orig", None)
+    sqlstate = getattr(orig, "sqlstate", None) or ""
+    return isinstance(exc, OperationalError | InterfaceError) and (
+        sqlstate.startswith(("08", "57P")) or not sqlstate)
 
 
 def finish_stream(engine: Engine, account: Account, stream: Stream, state: StreamState | None,
@@ -235,8 +250,11 @@ def stream_lock(engine: Engine, account_key: str, stream_key: str) -> Iterator[b
             yield got
         finally:
             if got:
-                conn.execute(text("SELECT pg_advisory_unlock(hashtextextended(:k, 0))"), {"k": key})
-                conn.commit()
+                try:
+                    conn.execute(text("SELECT pg_advisory_unlock(hashtextextended(:k, 0))"), {"k": key})
+                    conn.commit()
+                except (OperationalError, InterfaceError):
+                    pass  # the session is gone, and its lock with it; keep the error that got us here
 
 
 def utcnow() -> datetime:

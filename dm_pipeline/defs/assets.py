@@ -15,7 +15,7 @@ from dm_pipeline.settings import load_settings
 from dm_pipeline.sync import RunLimits
 
 # Failures worth the asset's RetryPolicy; a 403 or a bad token will not heal in five seconds.
-TRANSIENT_CODES = frozenset({"service_unavailable", "transport_error", "malformed_response"})
+TRANSIENT_CODES = frozenset({"service_unavailable", "transport_error", "malformed_response", "database_unavailable"})
 SWEEP_TAG = "dm_pipeline/sweep"
 # A UI backfill of 1,000 accounts starts at most ceil(1000 / N) runs; accounts sync concurrently inside.
 ACCOUNTS_PER_RUN = int(os.environ.get("DM_PIPELINE_ACCOUNTS_PER_RUN", "50"))

@@ -22,6 +22,8 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         tr.section("crash trials")
         for name, ok, detail in crashes:
             tr.write_line(f"{name}  {'exact' if ok else 'NOT EXACT'}  {detail}")
+    for name, ok, detail in RESULTS.get("pg_dies", []):
+        tr.write_line(f"{name}: {'resumed exactly, clear error' if ok else 'FAILED'} ({detail})")
     a, b = tally("crash")
     c, d = tally("fault")
     e, f = tally("bad_input")
