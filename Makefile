@@ -39,4 +39,8 @@ clean: db-stop
 # Full-size reliability figures (CI runs the reduced size as part of `make test`): 60 crash trials,
 # the whole fault matrix, the bad-input corpus, Postgres dying mid-run, 200 Hypothesis examples.
 reliability: install
-	DM_RELIABILITY=full $(BIN)/python -m pytest tests/reliability tests/integration/test_property_sync.py -p no:cacheprovider
+	@mkdir -p .dm_pipeline; rm -f .dm_pipeline/reliability-summary.txt
+	@DM_RELIABILITY=full DM_RELIABILITY_SUMMARY=.dm_pipeline/reliability-summary.txt \
+	  $(BIN)/python -m pytest tests/reliability tests/integration/test_property_sync.py; status=$$?; \
+	  cat .dm_pipeline/reliability-summary.txt 2>/dev/null || echo "reliability: no summary (see above)"; \
+	  exit $$status
