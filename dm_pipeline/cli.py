@@ -573,6 +573,7 @@ def erase(account_key: str, yes: bool) -> None:
     for label, n in (("dm_history (deleted)", result.history_rows),
                      ("dm_conversations (deleted)", result.conversation_rows),
                      ("dm_conversation_events (deleted)", result.conversation_event_rows),
+                     ("dm_quarantine (deleted)", result.quarantine_rows),
                      ("oauth_tokens (deleted)", result.token_rows),
                      ("sync_state (deleted)", result.sync_state_rows),
                      ("dm_sync_audit (cursors, media refs nulled)", result.audit_rows_redacted),
