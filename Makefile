@@ -5,8 +5,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+SIZE ?= 1000000
+BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: install run test dev lint clean db-stop reliability
+.PHONY: install run test dev lint clean db-stop reliability bench
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python >= 3.11 is required (found: $$($(PYTHON) --version))"; exit 2; }
@@ -44,3 +46,12 @@ reliability: install
 	  $(BIN)/python -m pytest tests/reliability tests/integration/test_property_sync.py; status=$$?; \
 	  cat .dm_pipeline/reliability-summary.txt 2>/dev/null || echo "reliability: no summary (see above)"; \
 	  exit $$status
+
+# The throughput benchmark (docs/performance.md): COPY vs dm_pipeline vs dlt, no-op run, peak RSS.
+# Writes bench-results.json and bench-results.txt. `make bench SIZE=100000` for a quick run.
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
+	@touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m benchmarks.bench --size $(SIZE) --out bench-results.json

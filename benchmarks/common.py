@@ -6,19 +6,21 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 from sqlalchemy import create_engine, text
 
 from dm_pipeline.db.engine import ensure_database, start_embedded
 from dm_pipeline.db.migrate import upgrade
-from dm_pipeline.settings import load_settings
+from dm_pipeline.settings import PROJECT_ROOT, load_settings
 
 SIM_SNIPPET = """
 import sys, threading
@@ -40,6 +42,31 @@ def fresh_database(prefix: str) -> Iterator[str]:
     upgrade(url)
     try:
         yield url
+    finally:
+        admin = create_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@contextlib.contextmanager
+def project_instance(tmp: Path) -> Iterator[Any]:
+    """A DagsterInstance as deployed: the project's dagster.yaml (Postgres storage, QueuedRunCoordinator,
+    local compute logs) in a temporary DAGSTER_HOME, its storage a fresh database on the bench server."""
+    import dagster as dg
+
+    base = start_embedded(load_settings().home / "bench-pgdata")
+    name = f"bench_dagster_{uuid.uuid4().hex[:8]}"
+    url = ensure_database(base, name).set(drivername="postgresql+psycopg2")  # see ENVIRONMENT-NOTES
+    home = tmp / "dagster_home"
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
+    os.environ.update(DAGSTER_PG_URL=url.render_as_string(hide_password=False),
+                      DM_PIPELINE_DAGSTER_ARTIFACTS=str(home / "storage"),
+                      DM_PIPELINE_DAGSTER_COMPUTE_LOGS=str(home / "logs"))
+    try:
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            yield instance
     finally:
         admin = create_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT")
         with admin.connect() as conn:

@@ -19,6 +19,7 @@ from dm_pipeline.providers.base import (
     USER_ID_RE,
     BadEvent,
     content_hash,
+    decode_json,
     id_field,
     normalize_all,
     sanitize,
@@ -103,13 +104,18 @@ def normalize_event(event: dict[str, Any], includes: dict[str, Any], account_use
         # A 1:1 conversation ID is "{smaller}-{larger}": the recipient is the other one.
         a, _, b = conversation_id.partition("-")
         recipient_id = b if sender_id == a else a if sender_id == b else None
-    media_by_key = {m.get("media_key"): m for m in includes.get("media") or () if isinstance(m, dict)}
     keys = (raw.get("attachments") or {}).get("media_keys") or []
-    media = [sanitize(media_by_key.get(k, {"media_key": k}))[0] for k in keys] or None
+    media = None
+    if keys:  # most events have none: index `includes` only for those that do
+        media_by_key = {m.get("media_key"): m for m in includes.get("media") or () if isinstance(m, dict)}
+        media = [sanitize(media_by_key.get(k, {"media_key": k}))[0] for k in keys] or None
     # Shared tweets: the event holds their IDs, `includes.tweets` their content; keep both together.
-    tweets_by_id = {t.get("id"): t for t in includes.get("tweets") or () if isinstance(t, dict)}
-    referenced = [sanitize({**tweets_by_id.get(r.get("id"), {}), **r})[0]
-                  for r in raw.get("referenced_tweets") or () if isinstance(r, dict)] or None
+    refs = raw.get("referenced_tweets") or ()
+    referenced = None
+    if refs:
+        tweets_by_id = {t.get("id"): t for t in includes.get("tweets") or () if isinstance(t, dict)}
+        referenced = [sanitize({**tweets_by_id.get(r.get("id"), {}), **r})[0]
+                      for r in refs if isinstance(r, dict)] or None
     text = text_field(raw, "text", flags)
     created_at = time_field(raw, "created_at", flags)
     content = {"event": raw, "media": media, "tweets": referenced}
@@ -193,7 +199,7 @@ class XClient:
             sent = self._send(stream, cursor, budget, self._refresh())
             sent = Sent(sent.response, sent.requests + exc.requests, sent.rate_limit)
         try:
-            body = sent.response.json()
+            body = decode_json(sent.response.content)
         except ValueError:
             raise MalformedResponse("X response is not valid JSON", http_status=sent.response.status_code,
                                     requests=sent.requests) from None

@@ -25,6 +25,8 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import orjson
+
 Phase = Literal["status", "body", "mutate", "transport"]
 
 KINDS: dict[str, Phase] = {
@@ -75,6 +77,11 @@ class Reply:
     def encoded(self) -> bytes:
         if self.body is not None:
             return self.body
+        try:
+            # orjson writes the same compact UTF-8 JSON as json.dumps below, ~10x faster (pages are big).
+            return orjson.dumps(self.payload)
+        except (orjson.JSONEncodeError, TypeError):
+            pass                        # lone surrogates (nul_text), non-str keys: the stdlib path
         text = json.dumps(self.payload, ensure_ascii=False, separators=(",", ":"))
         try:
             return text.encode("utf-8")

@@ -4,6 +4,7 @@ shape of the three providers; provider modules select and rename fields from the
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -27,9 +28,11 @@ def to_ms(dt: datetime) -> int:
 
 
 def iso_ms(ms: int) -> str:
-    """`2026-01-14T08:03:11.123Z`: the format X uses for `created_at`."""
-    dt = datetime.fromtimestamp(ms // 1000, UTC)
-    return f"{dt:%Y-%m-%dT%H:%M:%S}.{ms % 1000:03d}Z"
+    """`2026-01-14T08:03:11.123Z`: the format X uses for `created_at`. (`time.gmtime` and %-formatting:
+    ~4x faster than a datetime and strftime, and this runs once per served event.)"""
+    t = time.gmtime(ms // 1000)
+    return "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ" % (t.tm_year, t.tm_mon, t.tm_mday, t.tm_hour, t.tm_min,  # noqa: UP031
+                                                   t.tm_sec, ms % 1000)
 
 
 def snowflake(ms: int, seq: int = 0) -> int:

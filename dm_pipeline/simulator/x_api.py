@@ -19,6 +19,7 @@ rejected by a conversation route and vice versa. The three GET routes share one 
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -245,10 +246,25 @@ def parse_dm_events_query(api: XApi, ctx: Ctx, allowed: tuple[str, ...], stream:
     return _Query(limit, direction, boundary, lists.get("event_types"), lists)
 
 
-def render_event(ev: SimEvent, fields: set[str]) -> dict[str, Any]:
-    keys: set[str] = set(_DEFAULT_FIELDS.get(ev.event_type, _DEFAULT_OTHER))
+@functools.lru_cache(maxsize=256)
+def _event_keys(event_type: str, fields: frozenset[str]) -> frozenset[str]:
+    """The keys a rendered event of `event_type` carries for the requested `fields` (cached: the serving
+    hot path asks this once per event, with a handful of distinct arguments)."""
+    keys: set[str] = set(_DEFAULT_FIELDS.get(event_type, _DEFAULT_OTHER))
     for f in fields:
         keys.update(_FIELD_KEYS.get(f, (f,)))
+    return frozenset(keys)
+
+
+# Every key SimEvent.as_dict() can hold: when a request selects all of them (the engine does), no filtering.
+_ALL_EVENT_KEYS = frozenset({"id", "event_type", "text", "sender_id", "participant_ids", "dm_conversation_id",
+                             "created_at", "attachments", "referenced_tweets", *_FIELD_KEYS["entities"]})
+
+
+def render_event(ev: SimEvent, fields: set[str] | frozenset[str]) -> dict[str, Any]:
+    keys = _event_keys(ev.event_type, fields if isinstance(fields, frozenset) else frozenset(fields))
+    if keys >= _ALL_EVENT_KEYS:
+        return ev.as_dict()
     return {k: v for k, v in ev.as_dict().items() if k in keys}
 
 
@@ -274,7 +290,7 @@ def page_payload(api: XApi, ctx: Ctx, q: _Query, stream: str) -> dict[str, Any]:
             meta["next_token"] = next_token
         return {"meta": meta}
     expansions = q.lists.get("expansions", ())
-    fields = set(q.lists.get("dm_event.fields", ())) | {_EXPANSION_FIELD[e] for e in expansions}
+    fields = frozenset(q.lists.get("dm_event.fields", ())) | {_EXPANSION_FIELD[e] for e in expansions}
     data = [render_event(e, fields) for e in events]
     bend_items(ctx.fault, data, "text", _OPTIONAL)
     body: dict[str, Any] = {"data": data}

@@ -1,0 +1,63 @@
+"""One dm_pipeline sync of one simulator account, in its own process so its peak RSS is its own.
+
+    python -m benchmarks.pipeline_child --db URL --sim URL --user-id ID --token TOKEN [--max-pages N]
+
+Prints one JSON line: elapsed_s, pages, requests, inserted, updated, streams, status, peak_rss_mb.
+The engine is the real one: `sync_account` with the real X client over loopback HTTP, one transaction per
+page (rows + cursor + audit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+import uuid
+
+from sqlalchemy import create_engine
+
+from dm_pipeline.clients import build_client, http_client
+from dm_pipeline.models import Account, Provider
+from dm_pipeline.sync import RunLimits, sync_account
+
+
+def peak_rss_mb() -> float:
+    """VmHWM: the resident-set high-water mark of this process."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--db", required=True)
+    parser.add_argument("--sim", required=True)
+    parser.add_argument("--user-id", required=True)
+    parser.add_argument("--token", required=True)
+    parser.add_argument("--key", default="bench-x")
+    parser.add_argument("--max-pages", type=int, default=1_000_000)
+    args = parser.parse_args()
+
+    os.environ["DM_BENCH_TOKEN"] = args.token
+    account = Account(key=args.key, provider=Provider.X, user_id=args.user_id, base_url=args.sim,
+                      token_env="DM_BENCH_TOKEN", page_size=100)
+    engine = create_engine(args.db)
+    limits = RunLimits(max_pages=args.max_pages, time_budget_s=3600.0)
+    with http_client() as http:
+        client = build_client(account, http, engine=engine)
+        t0 = time.perf_counter()
+        result = sync_account(engine, client, f"bench-{uuid.uuid4()}", limits)
+        elapsed = time.perf_counter() - t0
+    engine.dispose()
+    print(json.dumps({
+        "elapsed_s": elapsed, "pages": result.total("pages"), "requests": result.total("requests"),
+        "inserted": result.total("inserted"), "updated": result.total("updated"),
+        "streams": len(result.streams), "status": result.status.value, "peak_rss_mb": round(peak_rss_mb(), 1),
+    }), flush=True)
+
+
+if __name__ == "__main__":
+    main()
