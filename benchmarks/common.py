@@ -20,6 +20,7 @@ from sqlalchemy import create_engine, text
 
 from dm_pipeline.db.engine import ensure_database, start_embedded
 from dm_pipeline.db.migrate import upgrade
+from dm_pipeline.environment import EVENT_BATCH_SIZE
 from dm_pipeline.settings import PROJECT_ROOT, load_settings
 
 SIM_SNIPPET = """
@@ -64,6 +65,7 @@ def project_instance(tmp: Path) -> Iterator[Any]:
     os.environ.update(DAGSTER_PG_URL=url.render_as_string(hide_password=False),
                       DM_PIPELINE_DAGSTER_ARTIFACTS=str(home / "storage"),
                       DM_PIPELINE_DAGSTER_COMPUTE_LOGS=str(home / "logs"))
+    os.environ.setdefault("DAGSTER_EVENT_BATCH_SIZE", EVENT_BATCH_SIZE)  # as `dm-pipeline db env` exports it
     try:
         with dg.DagsterInstance.from_config(str(home)) as instance:
             yield instance

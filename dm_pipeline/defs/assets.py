@@ -80,7 +80,7 @@ CHECKS = [
 def dm_history_assets(context: dg.AssetExecutionContext, config: SyncConfig, warehouse: WarehouseResource,
                       providers: ProvidersResource) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     settings = load_settings()
-    accounts = [providers.account(k) for k in context.partition_keys]
+    accounts = providers.accounts_for(context.partition_keys)
     sweep = config.sweep or context.run.tags.get(SWEEP_TAG, "").lower() in {"1", "true", "yes"}
     limits = RunLimits(max_pages=config.max_pages or settings.page_budget, time_budget_s=settings.time_budget_s,
                        sweep=sweep)
@@ -88,9 +88,10 @@ def dm_history_assets(context: dg.AssetExecutionContext, config: SyncConfig, war
     results = sync_accounts(engine, accounts, context.run_id, limits, per_provider=config.per_provider,
                             lookup=env_var_token)
     metadata = sync_metadata(results)
-    for r in results:
-        context.log.info(f"account={r.account_key} status={r.status.value} pages={r.total('pages')} "
-                         f"inserted={r.total('inserted')} updated={r.total('updated')}")
+    # One event for the run, one line per account: a log call is an event-log write (a thousand of them
+    # per tick of 1,000 accounts cost more than the no-op syncs themselves).
+    context.log.info("\n".join(f"account={r.account_key} status={r.status.value} pages={r.total('pages')} "
+                               f"inserted={r.total('inserted')} updated={r.total('updated')}" for r in results))
     failed = [r for r in results if r.status is StreamStatus.FAILED]
     if failed:
         codes = sorted({s.error_code or "error" for r in failed for s in r.streams if s.status is StreamStatus.FAILED})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import dagster as dg
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
@@ -14,22 +15,34 @@ from dm_pipeline.settings import load_settings
 
 
 def partition_changes(instance: dg.DagsterInstance) -> tuple[list[str], list[str]]:
-    wanted = [a.key for a in load_accounts(load_settings().accounts_file)]
+    """(keys to add, keys to remove). New keys are grouped by provider (file order within a provider): a
+    partition's position is fixed when it is added, and runs cover ranges of consecutive partitions of one
+    provider, so grouping here is what lets the schedule chunk a provider's accounts into few runs."""
+    accounts = load_accounts(load_settings().accounts_file)
+    wanted = [a.key for a in accounts]
     current = set(instance.get_dynamic_partitions(accounts_partitions.name or "accounts"))
-    return [k for k in wanted if k not in current], sorted(current - set(wanted))
+    first_seen = {p: i for i, p in reversed(list(enumerate(a.provider.value for a in accounts)))}
+    added = sorted((a for a in accounts if a.key not in current), key=lambda a: first_seen[a.provider.value])
+    return [a.key for a in added], sorted(current - set(wanted))
 
 
 @dg.sensor(job=dm_sync_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
 def accounts_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-    """Adds a partition per new account and removes those of dropped ones (their data stays)."""
+    """Adds a partition per new account and removes those of dropped ones (their data stays). New accounts
+    are backfilled in chunks of ACCOUNTS_PER_RUN (one run per chunk, not one per account)."""
     added, removed = partition_changes(context.instance)
     requests: list[dg.AddDynamicPartitionsRequest | dg.DeleteDynamicPartitionsRequest] = []
     if added:
         requests.append(accounts_partitions.build_add_request(added))
     if removed:
         requests.append(accounts_partitions.build_delete_request(removed))
-    return dg.SensorResult(dynamic_partitions_requests=requests,
-                           run_requests=[dg.RunRequest(partition_key=k) for k in added])
+    run_requests: list[dg.RunRequest] = []
+    if added:
+        provider_of = {a.key: a.provider.value for a in load_accounts(load_settings().accounts_file)}
+        # the tick makes run keys unique, so an account removed and added again is backfilled again
+        tick = f"added@{context.cursor or ''}{time.time_ns()}"
+        run_requests = chunked_run_requests(added, ACCOUNTS_PER_RUN, tick, provider_of)
+    return dg.SensorResult(dynamic_partitions_requests=requests, run_requests=run_requests)
 
 
 PROVIDER_TAG = "dm_pipeline/provider"  # dagster.yaml limits concurrent runs per value of this tag
@@ -65,5 +78,13 @@ def every_account_schedule(context: dg.ScheduleEvaluationContext) -> list[dg.Run
     keys = list(context.instance.get_dynamic_partitions(accounts_partitions.name or "accounts"))
     provider_of = {a.key: a.provider.value for a in load_accounts(load_settings().accounts_file)}
     tick = context.scheduled_execution_time.isoformat() if context.scheduled_execution_time else "manual"
-    # A partition whose account left the file is not requested: its data stays, nothing syncs it.
-    return chunked_run_requests([k for k in keys if k in provider_of], ACCOUNTS_PER_RUN, tick, provider_of)
+    # A partition whose account left the file is not requested (its data stays, nothing syncs it), and no
+    # run's range may span it: a range covers every partition between its ends, and the run would fail on
+    # the stale one. So chunk each stretch of registered keys that are still in the file separately.
+    stretches: list[list[str]] = [[]]
+    for key in keys:
+        if key in provider_of:
+            stretches[-1].append(key)
+        elif stretches[-1]:
+            stretches.append([])
+    return [r for stretch in stretches for r in chunked_run_requests(stretch, ACCOUNTS_PER_RUN, tick, provider_of)]

@@ -6,6 +6,7 @@ Tokens never pass through run config: each account names an environment variable
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import dagster as dg
@@ -45,8 +46,16 @@ class ProvidersResource(dg.ConfigurableResource):
         return load_accounts(self.accounts_path())
 
     def account(self, key: str) -> Account:
-        for account in self.accounts():
-            if account.key == key:
-                return account
-        raise ConfigError(f"account {key!r} is not in {self.accounts_path()}; its partition is stale. "
-                          "Fix: add it back to the accounts file, or delete the partition in the UI")
+        return self.accounts_for([key])[0]
+
+    def accounts_for(self, keys: Sequence[str]) -> list[Account]:
+        """The accounts of `keys`, in that order, from one read of the file (a run over a range of 50
+        partitions must not parse the file 50 times)."""
+        by_key = {a.key: a for a in self.accounts()}
+        stale = [k for k in keys if k not in by_key]
+        if stale:
+            raise ConfigError(f"account{'s' if len(stale) > 1 else ''} {', '.join(map(repr, stale))} "
+                              f"{'are' if len(stale) > 1 else 'is'} not in {self.accounts_path()}; "
+                              f"{'their partitions are' if len(stale) > 1 else 'its partition is'} stale. "
+                              "Fix: add it back to the accounts file, or delete the partition in the UI")
+        return [by_key[k] for k in keys]
