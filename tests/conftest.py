@@ -3,6 +3,7 @@ migrated template) and the provider simulator over real loopback HTTP."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -34,17 +35,26 @@ def pg_server() -> Iterator[URL]:
     admin.dispose()
 
 
+@contextlib.contextmanager
+def scratch_database(server: URL, template: str | None = TEMPLATE_DB) -> Iterator[str]:
+    """A database that lives for one test: cloned from the migrated template, or empty (template=None)."""
+    name = f"dm_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(server.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else "")))
+    try:
+        yield server.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
 @pytest.fixture
 def db_url(pg_server: URL) -> Iterator[str]:
     """A fresh, migrated database for one test."""
-    name = f"dm_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(pg_server.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE_DB}"'))
-    yield pg_server.set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with scratch_database(pg_server) as url:
+        yield url
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import os
 import re
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 from sqlalchemy import URL, create_engine, text
 
 from dm_pipeline.settings import PROJECT_ROOT
+from tests.conftest import scratch_database
 
 SIM_USER = "9593355274884443"  # an account of the simulator's seed-7 world
 # For checks that must fail before the database is touched: were one to reach it, it would say
@@ -195,14 +195,8 @@ def test_an_unreachable_database(tmp_path: Path, accounts_file: Path, command: s
 
 @pytest.fixture
 def empty_database(pg_server: URL) -> Iterator[str]:
-    name = f"dm_test_empty_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(pg_server.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    yield pg_server.set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with scratch_database(pg_server, template=None) as url:
+        yield url
 
 
 def test_an_unmigrated_external_database_says_which_command_migrates_it(accounts_file: Path,
