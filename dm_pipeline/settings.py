@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from dm_pipeline.errors import ConfigError
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -21,6 +23,7 @@ class Settings:
     simulator_port: int
     page_budget: int             # pages per stream per run; a spent budget parks the pass
     time_budget_s: float         # wall time per account per run, incl. rate-limit waits
+    write_ahead: int             # pages fetched ahead of their commit (0: each committed before the next fetch)
 
     @property
     def pgdata(self) -> Path:
@@ -33,7 +36,21 @@ def load_settings() -> Settings:
         home=home,
         database_url=os.environ.get("DATABASE_URL") or None,
         accounts_file=Path(os.environ.get("DM_PIPELINE_ACCOUNTS", PROJECT_ROOT / "config" / "accounts.yaml")),
-        simulator_port=int(os.environ.get("DM_SIMULATOR_PORT", "8765")),
-        page_budget=int(os.environ.get("DM_PIPELINE_PAGE_BUDGET", "10000")),
-        time_budget_s=float(os.environ.get("DM_PIPELINE_TIME_BUDGET_S", "600")),
+        simulator_port=int(_number("DM_SIMULATOR_PORT", "8765", int, minimum=0)),
+        page_budget=int(_number("DM_PIPELINE_PAGE_BUDGET", "10000", int, minimum=1)),
+        time_budget_s=_number("DM_PIPELINE_TIME_BUDGET_S", "600", float, minimum=0),
+        write_ahead=int(_number("DM_PIPELINE_WRITE_AHEAD", "8", int, minimum=0)),
     )
+
+
+def _number(name: str, default: str, kind: type[int] | type[float], *, minimum: float) -> float:
+    raw = os.environ.get(name, default).strip() or default
+    try:
+        value = kind(raw)
+    except ValueError:
+        value = None
+    if value is None or value < minimum:
+        what = "an integer" if kind is int else "a number"
+        raise ConfigError(f"{name}={raw!r} is not {what} >= {minimum:g}. Fix: set it to one, or unset it for "
+                          f"the default ({default})")
+    return value

@@ -15,8 +15,9 @@ from dataclasses import dataclass, replace
 from sqlalchemy import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from dm_pipeline.committer import PageCommitter
 from dm_pipeline.db import writes
-from dm_pipeline.db.writes import AuditEntry, StreamState
+from dm_pipeline.db.writes import AuditEntry, PageWrite, StreamState
 from dm_pipeline.errors import (
     CursorLoop,
     DatabaseUnavailable,
@@ -38,6 +39,7 @@ class RunLimits:
     time_budget_s: float = 600.0     # per account per run, rate-limit waits included
     max_empty_pages: int = 5         # consecutive empty pages that still carry a cursor
     sweep: bool = False              # re-walk whole streams to refresh edits
+    write_ahead: int = 8             # pages fetched ahead of the commits (0: commit each before the next fetch)
 
 
 PageHook = Callable[[StreamResult], None]
@@ -83,7 +85,13 @@ def _sync_stream(engine: Engine, client: ProviderClient, stream: Stream, run_id:
             writes.finish_stream(engine, account, stream, None, AuditEntry(
                 run_id=run_id, row_kind="job", job_status=res.status.value, started_at=started))
             return res
-        state = _walk(engine, client, stream, run_id, limits, budget, res, on_page)
+        committer = PageCommitter(engine, account, stream, run_id, write_ahead=limits.write_ahead)
+        try:
+            state = _walk(client, stream, limits, budget, res, committer, on_page)
+        finally:
+            committer.close(raise_error=False)
+            _account(res, committer, on_page)
+        committer.close()  # a failed commit fails the stream here, after the pages before it were counted
         res.high_water_id, res.pass_cursor = state.high_water_id, state.pass_cursor
         writes.finish_stream(engine, account, stream, state, AuditEntry(
             run_id=run_id, row_kind="job", job_status=res.status.value, started_at=started,
@@ -94,9 +102,21 @@ def _sync_stream(engine: Engine, client: ProviderClient, stream: Stream, run_id:
     return res
 
 
-def _walk(engine: Engine, client: ProviderClient, stream: Stream, run_id: str, limits: RunLimits,
-          budget: Budget, res: StreamResult, on_page: PageHook | None) -> StreamState:
-    with engine.connect() as conn:
+def _account(res: StreamResult, committer: PageCommitter, on_page: PageHook | None) -> None:
+    """Count the pages the writer has committed since the last call."""
+    for write, inserted, updated in committer.committed():
+        res.pages += 1
+        res.requests += write.audit.requests
+        res.received += write.audit.events_received
+        res.inserted += inserted
+        res.updated += updated
+        if on_page:
+            on_page(res)
+
+
+def _walk(client: ProviderClient, stream: Stream, limits: RunLimits, budget: Budget, res: StreamResult,
+          committer: PageCommitter, on_page: PageHook | None) -> StreamState:
+    with committer.engine.connect() as conn:
         state = writes.read_state(conn, client.account.key, stream.key)
     # A pass left open by an earlier run is finished first; then one fresh pass picks up whatever
     # arrived meanwhile, so a run always ends current (when its budget allows).
@@ -106,8 +126,10 @@ def _walk(engine: Engine, client: ProviderClient, stream: Stream, run_id: str, l
     seen_cursors = {state.pass_cursor} if state.pass_cursor else set()
     empty_streak = 0
     restarted = False
+    fetched = 0
     while True:
-        if res.pages >= limits.max_pages or budget.remaining() <= 0:
+        _account(res, committer, on_page)
+        if fetched >= limits.max_pages or budget.remaining() <= 0:
             res.status = StreamStatus.PARTIAL
             return state
         cursor_in = state.pass_cursor
@@ -141,7 +163,7 @@ def _walk(engine: Engine, client: ProviderClient, stream: Stream, run_id: str, l
         loop = page.next_cursor is not None and page.next_cursor in seen_cursors
         empty_streak = 0 if page.events else empty_streak + 1
         audit = AuditEntry(
-            run_id=run_id, row_kind="page", job_status="page_committed", started_at=page_started,
+            run_id=committer.run_id, row_kind="page", job_status="page_committed", started_at=page_started,
             page_seq=page_seq, cursor_in=cursor_in,
             cursor_out=page.next_cursor, has_next_page=page.next_cursor is not None,
             http_status=page.http_status, requests=page.requests, events_received=len(page.events),
@@ -151,16 +173,10 @@ def _walk(engine: Engine, client: ProviderClient, stream: Stream, run_id: str, l
             error_code="cursor_loop" if loop else None, gap_suspected=gap, credits=page.credits,
             events_quarantined=len(page.quarantined),
         )
-        inserted, updated = writes.commit_page(engine, client.account, stream, run_id, keep, state, audit, page)
-        res.pages += 1
-        res.requests += page.requests
-        res.received += len(page.events)
-        res.inserted += inserted
-        res.updated += updated
+        committer.submit(PageWrite(keep, state, audit, page))
+        fetched += 1
         res.http_status = page.http_status
         res.gap_suspected = res.gap_suspected or gap
-        if on_page:
-            on_page(res)
         if loop:
             return _fail(res, CursorLoop("the provider repeated a pagination cursor"), state)
         if empty_streak > limits.max_empty_pages:

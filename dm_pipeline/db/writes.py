@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 import psycopg
 from sqlalchemy import Connection, Engine, func, select, text
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, StatementError
 
@@ -71,6 +72,16 @@ class AuditEntry:
     events_quarantined: int = 0
 
 
+@dataclass(frozen=True)
+class PageWrite:
+    """Everything one fetched page commits: its rows, the state after it, its audit row, its side data."""
+
+    events: Sequence[EventRow]
+    state: StreamState
+    audit: AuditEntry
+    page: Page | None = None
+
+
 def read_state(conn: Connection, account_key: str, stream_key: str) -> StreamState:
     row = conn.execute(select(sync_state).where(sync_state.c.account_key == account_key,
                                                 sync_state.c.stream_key == stream_key)).mappings().first()
@@ -118,6 +129,31 @@ WITH written AS (
 )
 SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM written"""
 
+# The audit columns of a page row, each cast to its column type (parameters in a SELECT list are not
+# typed by the target column the way VALUES parameters are).
+_AUDIT_PAGE_COLUMNS: tuple[str, ...] = (
+    "run_id", "account_key", "provider", "stream_key", "endpoint", "row_kind", "page_seq", "cursor_in",
+    "cursor_out", "has_next_page", "http_status", "requests", "events_received", "message_ids", "media_refs",
+    "newest_id", "oldest_id", "job_status", "error_code", "gap_suspected", "credits", "events_quarantined",
+    "started_at")
+
+
+def _cast(column: str) -> str:
+    return f"%({column})s::{dm_sync_audit.c[column].type.compile(dialect=postgresql.dialect())}"
+
+
+# One statement per page writes its rows AND its audit row, whose counts come from the upsert itself: one
+# round trip instead of two, and the audit can never disagree with what the upsert did.
+_UPSERT_PAGE = _UPSERT.replace(
+    "SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM written", f"""
+, counts AS (
+    SELECT count(*) FILTER (WHERE inserted) AS inserted, count(*) FILTER (WHERE NOT inserted) AS updated
+    FROM written
+)
+INSERT INTO {dm_sync_audit.fullname} ({", ".join(_AUDIT_PAGE_COLUMNS)}, events_inserted, events_updated)
+SELECT {", ".join(_cast(c) for c in _AUDIT_PAGE_COLUMNS)}, counts.inserted, counts.updated FROM counts
+RETURNING events_inserted, events_updated""")
+
 
 def _event_json(e: EventRow) -> dict[str, Any]:
     """One event as json_to_recordset reads it (keys: _EVENT_COLUMNS)."""
@@ -147,20 +183,6 @@ def page_json(events: Iterable[EventRow]) -> str:
     return _json_text([_event_json(e) for e in events])
 
 
-def upsert_events(conn: Connection, account: Account, stream: Stream, run_id: str,
-                  events: Sequence[EventRow]) -> tuple[int, int]:
-    """Insert new events, update changed ones (content_hash differs), leave unchanged ones untouched.
-    Returns (inserted, updated). Runs inside the caller's transaction (the page commit)."""
-    unique = {e.message_id: e for e in events}  # a page may repeat an event; ON CONFLICT needs it once
-    if not unique:
-        return 0, 0
-    counts = _driver_execute(conn, _UPSERT, {"account_key": account.key, "provider": account.provider.value,
-                                             "stream_key": stream.key, "run_id": run_id,
-                                             "rows": page_json(unique.values())})
-    assert counts is not None
-    return int(counts[0]), int(counts[1])
-
-
 # sync_state upsert: one fixed, server-side prepared statement (the optional parts are CASEs on flags), run
 # on the transaction's own psycopg connection. Every page commit runs it; building it with SQLAlchemy Core
 # cost ~0.5 ms of CPU per call, more than the rest of the page commit's client work.
@@ -187,13 +209,8 @@ def write_state(conn: Connection, account: Account, stream: Stream, state: Strea
     """Upsert the stream's state row. `status` (with `error_code`) sets the last status; `succeeded` stamps
     last_success_at. An open pass keeps its original pass_started_at."""
     _driver_execute(conn, _UPSERT_STATE, {
-        "account_key": account.key, "stream_key": stream.key, "provider": account.provider.value,
-        "endpoint": stream.endpoint, "high_water_id": state.high_water_id, "pass_open": state.pass_open,
-        "pass_cursor": state.pass_cursor, "pass_stop_id": state.pass_stop_id,
-        "pass_newest_id": state.pass_newest_id, "pass_pages": state.pass_pages, "pass_sweep": state.pass_sweep,
-        "set_status": status is not None, "status": status, "error_code": error_code if status is not None else None,
-        "succeeded": succeeded,
-    })
+        **_state_params(account, stream, state), "set_status": status is not None, "status": status,
+        "error_code": error_code if status is not None else None, "succeeded": succeeded})
 
 
 @functools.cache
@@ -249,22 +266,30 @@ SET username = EXCLUDED.username, name = EXCLUDED.name, raw = EXCLUDED.raw, cont
 WHERE u.content_hash IS DISTINCT FROM EXCLUDED.content_hash"""
 
 
-def upsert_users(conn: Connection, provider: str, users: Sequence[UserRow]) -> None:
-    """Upsert profiles (rows are locked in user_id order, the same for every writer: no deadlock)."""
+def _users_param(provider: str, users: Iterable[UserRow]) -> dict[str, Any] | None:
+    """The parameters of _UPSERT_USERS, or None when there is nobody. dm_users rows are shared by every
+    account of a provider: concurrent commits upsert the same users, and ON CONFLICT locks rows in input
+    order, so every writer sorts by user_id or two commits can deadlock (40P01)."""
+    latest = {u.user_id: u for u in users}
+    if not latest:
+        return None
     rows = [{"user_id": u.user_id, "username": u.username, "name": u.name, "raw": u.raw,
-             "content_hash": u.content_hash} for u in users]
-    _driver_execute(conn, _UPSERT_USERS, {"provider": provider, "users": _json_text(rows)})
+             "content_hash": u.content_hash} for u in (latest[k] for k in sorted(latest))]
+    return {"provider": provider, "users": _json_text(rows)}
+
+
+def upsert_users(conn: Connection, provider: str, users: Sequence[UserRow]) -> None:
+    """Upsert profiles; unchanged ones are neither written nor locked."""
+    params = _users_param(provider, users)
+    if params is not None:
+        _driver_execute(conn, _UPSERT_USERS, params)
 
 
 def upsert_side_data(conn: Connection, account: Account, stream: Stream, run_id: str, page: Page) -> None:
-    """Users, conversations and conversation events that came with the page; unchanged rows are skipped."""
+    """Conversations, quarantined events and conversation events that came with the page (GetXAPI, bad
+    input); unchanged rows are skipped. The users are written by `commit_pages`."""
     provider = account.provider.value
-    # dm_users rows are shared by every account of a provider: concurrent pages of different accounts
-    # upsert the same users, and ON CONFLICT locks rows in VALUES order, so the order must be the same
-    # everywhere (sorted keys) or two commits deadlock (40P01). Per-account tables are sorted likewise.
-    users = {u.user_id: u for u in page.users}
-    if users:
-        upsert_users(conn, provider, [users[k] for k in sorted(users)])
+    # Per-account tables are written in key order, like dm_users (see _users_param): no deadlock.
     conversations = {c.conversation_id: c for c in page.conversations}
     if conversations:
         cins = pg_insert(dm_conversations).values([
@@ -295,16 +320,59 @@ def upsert_side_data(conn: Connection, account: Account, stream: Stream, run_id:
         conn.execute(eins.on_conflict_do_nothing())
 
 
-def commit_page(engine: Engine, account: Account, stream: Stream, run_id: str, events: Sequence[EventRow],
-                state: StreamState, audit: AuditEntry, page: Page | None = None) -> tuple[int, int]:
-    """THE crash-safety point: the page's rows, the advanced cursor and its audit row commit together."""
+def _page_params(account: Account, stream: Stream, run_id: str, write: PageWrite) -> dict[str, Any]:
+    unique = {e.message_id: e for e in write.events}  # a page may repeat an event; ON CONFLICT needs it once
+    a = write.audit
+    return {
+        "account_key": account.key, "provider": account.provider.value, "stream_key": stream.key,
+        "run_id": run_id, "rows": page_json(unique.values()), "endpoint": stream.endpoint,
+        "row_kind": a.row_kind, "page_seq": a.page_seq, "cursor_in": a.cursor_in, "cursor_out": a.cursor_out,
+        "has_next_page": a.has_next_page, "http_status": a.http_status, "requests": a.requests,
+        "events_received": a.events_received, "message_ids": list(a.message_ids),
+        "media_refs": list(a.media_refs), "newest_id": a.newest_id, "oldest_id": a.oldest_id,
+        "job_status": a.job_status, "error_code": a.error_code, "gap_suspected": a.gap_suspected,
+        "credits": a.credits, "events_quarantined": a.events_quarantined, "started_at": a.started_at,
+    }
+
+
+def _state_params(account: Account, stream: Stream, state: StreamState) -> dict[str, Any]:
+    return {"account_key": account.key, "stream_key": stream.key, "provider": account.provider.value,
+            "endpoint": stream.endpoint, "high_water_id": state.high_water_id, "pass_open": state.pass_open,
+            "pass_cursor": state.pass_cursor, "pass_stop_id": state.pass_stop_id,
+            "pass_newest_id": state.pass_newest_id, "pass_pages": state.pass_pages,
+            "pass_sweep": state.pass_sweep, "set_status": False, "status": None, "error_code": None,
+            "succeeded": False}
+
+
+def commit_pages(engine: Engine, account: Account, stream: Stream, run_id: str,
+                 pages: Sequence[PageWrite]) -> list[tuple[int, int]]:
+    """THE crash-safety point: consecutive pages of one stream, each with its rows and its audit row, and
+    the cursor after the last of them, in ONE transaction: all or nothing. Returns (inserted, updated) per
+    page. The statements travel in one pipeline (one round trip) before the COMMIT."""
+    if not pages:
+        return []
     try:
         with engine.begin() as conn:
-            inserted, updated = upsert_events(conn, account, stream, run_id, events)
-            if page is not None:
-                upsert_side_data(conn, account, stream, run_id, page)
-            write_state(conn, account, stream, state)
-            insert_audit(conn, account, stream, audit, inserted, updated)
+            for write in pages:
+                if write.page is not None and (write.page.conversations or write.page.quarantined
+                                               or write.page.conversation_events):
+                    upsert_side_data(conn, account, stream, run_id, write.page)
+            users = _users_param(account.provider.value,
+                                 (u for w in pages if w.page is not None for u in w.page.users))
+            pg = conn.connection.driver_connection
+            assert pg is not None
+            try:
+                with pg.pipeline():
+                    cursors = [pg.cursor() for _ in pages]
+                    for cur, write in zip(cursors, pages, strict=True):
+                        cur.execute(_UPSERT_PAGE, _page_params(account, stream, run_id, write), prepare=True)
+                    if users is not None:
+                        pg.cursor().execute(_UPSERT_USERS, users, prepare=True)
+                    pg.cursor().execute(_UPSERT_STATE, _state_params(account, stream, pages[-1].state),
+                                        prepare=True)
+                counts = [cur.fetchone() for cur in cursors]
+            except psycopg.Error as exc:
+                raise DBAPIError.instance(_UPSERT_PAGE, None, exc, psycopg.Error) from None
     except StatementError as exc:
         if connection_lost(exc):
             raise DatabaseUnavailable(
@@ -313,7 +381,13 @@ def commit_page(engine: Engine, account: Account, stream: Stream, run_id: str, e
                 "the next run resumes from the stored cursor") from None
         # Its message quotes the failing row and the parameters (message text): re-raise without both.
         raise PageCommitError(account.key, stream.key, exc) from None
-    return inserted, updated
+    return [(int(c[0]), int(c[1])) if c else (0, 0) for c in counts]
+
+
+def commit_page(engine: Engine, account: Account, stream: Stream, run_id: str, events: Sequence[EventRow],
+                state: StreamState, audit: AuditEntry, page: Page | None = None) -> tuple[int, int]:
+    """One page in its own transaction (see commit_pages)."""
+    return commit_pages(engine, account, stream, run_id, [PageWrite(events, state, audit, page)])[0]
 
 
 def connection_lost(exc: BaseException) -> bool:

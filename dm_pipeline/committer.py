@@ -1,0 +1,111 @@
+"""Commit a stream's pages on a writer thread while the caller fetches the next ones.
+
+The fetch of page n+1 needs only page n's cursor, not its commit, so the two overlap: the caller (HTTP,
+parsing) hands each page to `submit`, the writer commits pages strictly in order, and whatever has queued up
+while a commit ran goes into the next transaction together (group commit: one pipeline, one COMMIT, one
+WAL flush for several pages). Crash safety is unchanged: every transaction holds whole pages with their
+audit rows and the cursor after its last page, so committed pages are always a prefix of the pass and the
+next run resumes from the last committed cursor. A crash can cost the pages still queued, never a gap.
+
+`write_ahead=0` commits every page on the caller's thread before the next request (the serial order).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Sequence
+from types import TracebackType
+
+from sqlalchemy import Engine
+
+from dm_pipeline.db import writes
+from dm_pipeline.db.writes import PageWrite
+from dm_pipeline.models import Account, Stream
+
+Committed = tuple[PageWrite, int, int]  # the page, rows inserted, rows updated
+_STOP = object()
+
+
+class PageCommitter:
+    def __init__(self, engine: Engine, account: Account, stream: Stream, run_id: str, *, write_ahead: int,
+                 max_group: int = 16) -> None:
+        self.engine, self.run_id = engine, run_id
+        self._commit = lambda group: writes.commit_pages(engine, account, stream, run_id, group)
+        self._write_ahead = write_ahead
+        self._max_group = max(1, max_group)
+        self._done: list[Committed] = []
+        self._lock = threading.Lock()
+        self._error: BaseException | None = None
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=max(1, write_ahead))
+        self._thread: threading.Thread | None = None
+        self.transactions = 0
+        if write_ahead > 0:
+            self._thread = threading.Thread(target=self._run, name=f"commit:{account.key}/{stream.key}",
+                                            daemon=True)
+            self._thread.start()
+
+    def __enter__(self) -> PageCommitter:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        # Pages already fetched are valid: commit them even when the caller is leaving on an error.
+        self.close(raise_error=exc is None)
+
+    def submit(self, write: PageWrite) -> None:
+        """Queue a page (blocks while `write_ahead` pages wait). Raises the writer's error, if it failed."""
+        self._raise_if_failed()
+        if self._thread is None:
+            self._record([write], self._commit([write]))
+            return
+        self._queue.put(write)
+
+    def committed(self) -> list[Committed]:
+        """The pages committed since the last call, in order."""
+        with self._lock:
+            done, self._done = self._done, []
+        return done
+
+    def close(self, raise_error: bool = True) -> None:
+        """Commit what is queued and stop the writer."""
+        if self._thread is not None:
+            self._queue.put(_STOP)
+            self._thread.join()
+            self._thread = None
+        if raise_error:
+            self._raise_if_failed()
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _record(self, group: Sequence[PageWrite], counts: Sequence[tuple[int, int]]) -> None:
+        with self._lock:
+            self._done.extend((w, i, u) for w, (i, u) in zip(group, counts, strict=True))
+            self.transactions += 1
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is _STOP:
+                return
+            group: list[PageWrite] = [first]  # type: ignore[list-item]
+            while len(group) < self._max_group:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stopping = True
+                    break
+                group.append(item)  # type: ignore[arg-type]
+            try:
+                self._record(group, self._commit(group))
+            except BaseException as exc:  # handed to the caller's thread and raised there
+                self._error = exc
+                # Keep draining so a caller blocked in submit() wakes up and sees the error.
+                while not stopping and self._queue.get() is not _STOP:
+                    pass
+                return
