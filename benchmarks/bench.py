@@ -32,7 +32,15 @@ import httpx
 import psycopg
 from sqlalchemy import make_url
 
-from benchmarks.common import fresh_database, sim_accounts, simulator_process
+from benchmarks.common import (
+    SIM_PIDS,
+    bench_pgdata,
+    fresh_database,
+    postgres_cpu_s,
+    process_cpu_s,
+    sim_accounts,
+    simulator_process,
+)
 
 SMALL = 100_000
 TABLE = "dm_private.dm_history"
@@ -64,12 +72,15 @@ def _sync(db: str, sim: str, account: dict[str, str], max_pages: int | None = No
     if max_pages is not None:
         args += ["--max-pages", str(max_pages)]
     before = _requests(sim)
+    sim_cpu, pg_cpu = process_cpu_s(SIM_PIDS[sim]), postgres_cpu_s(bench_pgdata())
     result = _child("benchmarks.pipeline_child", *args)
+    result["sim_cpu_s"] = process_cpu_s(SIM_PIDS[sim]) - sim_cpu
+    result["postgres_cpu_s"] = postgres_cpu_s(bench_pgdata()) - pg_cpu
     result["sim_requests"] = _requests(sim) - before
     return result
 
 
-def _copy_baseline(db: str, rows_file: Path) -> tuple[int, float]:
+def _copy_baseline(db: str, rows_file: Path) -> tuple[int, float, float]:
     """Export the stored rows, then time COPY of them into an identical empty table."""
     with _pg(db) as conn:
         with rows_file.open("wb") as fh, conn.cursor().copy(f"COPY {TABLE} TO STDOUT") as copy:
@@ -77,14 +88,14 @@ def _copy_baseline(db: str, rows_file: Path) -> tuple[int, float]:
                 fh.write(block)
         conn.execute(f"CREATE TABLE dm_private.copy_target (LIKE {TABLE} INCLUDING ALL)")
         conn.execute("CHECKPOINT")
-        t0 = time.perf_counter()
+        cpu0, t0 = postgres_cpu_s(bench_pgdata()), time.perf_counter()
         with conn.transaction(), conn.cursor().copy("COPY dm_private.copy_target FROM STDIN") as copy, \
                 rows_file.open("rb") as fh:
             while block := fh.read(1 << 20):
                 copy.write(block)
-        elapsed = time.perf_counter() - t0
+        elapsed, cpu = time.perf_counter() - t0, postgres_cpu_s(bench_pgdata()) - cpu0
         rows = int(conn.execute("SELECT count(*) FROM dm_private.copy_target").fetchone()[0])  # type: ignore[index]
-    return rows, elapsed
+    return rows, elapsed, cpu
 
 
 def machine() -> dict[str, Any]:
@@ -109,13 +120,20 @@ def run(size: int, with_dlt: bool = True) -> dict[str, Any]:
             res["pipeline_rows_per_s"] = round(size / full["elapsed_s"])
             res["pipeline_s"] = round(full["elapsed_s"], 2)
             res["requests"] = full["sim_requests"]
+            res["pages_per_commit"] = round(full["pages"] / max(1, full["commits"]), 2)
             res["ideal_requests"] = math.ceil(size / 100) + 1
             res["peak_rss_mb"] = {str(size): full["peak_rss_mb"]}
+            pages = max(1, full["pages"])
+            res["cpu_ms_per_page"] = {"sync": round(1000 * full["cpu_s"] / pages, 2),
+                                      "simulator": round(1000 * full["sim_cpu_s"] / pages, 2),
+                                      "postgres": round(1000 * full["postgres_cpu_s"] / pages, 2),
+                                      "wall": round(1000 * full["elapsed_s"] / pages, 2)}
             noop = _sync(db, sim, account)
             assert noop["inserted"] == noop["updated"] == 0, noop
             res["noop_requests_per_stream"] = noop["sim_requests"] / noop["streams"]
             res["noop_ms_per_stream"] = round(1000 * noop["elapsed_s"] / noop["streams"], 1)
-            copied, copy_s = _copy_baseline(db, Path(tmp) / "rows.copy")
+            copied, copy_s, copy_cpu_s = _copy_baseline(db, Path(tmp) / "rows.copy")
+            res["cpu_ms_per_page"]["postgres_for_copy"] = round(1000 * copy_cpu_s / pages, 2)
             assert copied == size
             res["copy_rows_per_s"] = round(size / copy_s)
             res["copy_s"] = round(copy_s, 2)
@@ -141,7 +159,11 @@ def run(size: int, with_dlt: bool = True) -> dict[str, Any]:
     return res
 
 
+_PROCESSES = ("sync", "simulator", "postgres")
+
+
 def summary(r: dict[str, Any]) -> str:
+    cpu = r["cpu_ms_per_page"]
     rss = ", ".join(f"{k} events: {v} MB" for k, v in sorted(r["peak_rss_mb"].items(), key=lambda kv: int(kv[0])))
     lines = [
         f"dm_pipeline benchmark: {r['size']:,} events, pages of {r['page_size']}, PostgreSQL {r['postgres']} "
@@ -157,6 +179,9 @@ def summary(r: dict[str, Any]) -> str:
         f"  requests {r['requests']:,} (ideal {r['ideal_requests']:,}); no-op run: "
         f"{r['noop_requests_per_stream']} request(s) and {r['noop_ms_per_stream']} ms per stream",
         f"  peak RSS of the sync process: {rss} (target <= 250 MB, flat)",
+        "  per page of the backfill: " + ", ".join(f"{k} {v} ms" for k, v in cpu.items() if k in _PROCESSES)
+        + f" of CPU; {cpu['wall']} ms of wall time (COPY: postgres {cpu['postgres_for_copy']} ms of CPU per "
+        "100 rows)",
     ]
     return "\n".join(lines)
 

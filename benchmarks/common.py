@@ -37,7 +37,7 @@ threading.Event().wait()
 
 @contextlib.contextmanager
 def fresh_database(prefix: str) -> Iterator[str]:
-    base = start_embedded(load_settings().home / "bench-pgdata")
+    base = start_embedded(bench_pgdata())
     name = f"{prefix}_{uuid.uuid4().hex[:8]}"
     url = ensure_database(base, name).render_as_string(hide_password=False)
     upgrade(url)
@@ -56,7 +56,7 @@ def project_instance(tmp: Path) -> Iterator[Any]:
     local compute logs) in a temporary DAGSTER_HOME, its storage a fresh database on the bench server."""
     import dagster as dg
 
-    base = start_embedded(load_settings().home / "bench-pgdata")
+    base = start_embedded(bench_pgdata())
     name = f"bench_dagster_{uuid.uuid4().hex[:8]}"
     url = ensure_database(base, name).set(drivername="postgresql+psycopg2")  # see ENVIRONMENT-NOTES
     home = tmp / "dagster_home"
@@ -76,6 +76,41 @@ def project_instance(tmp: Path) -> Iterator[Any]:
         admin.dispose()
 
 
+SIM_PIDS: dict[str, int] = {}  # simulator URL -> its process, for CPU accounting
+
+
+def _stat(pid: int) -> list[str]:
+    raw = Path(f"/proc/{pid}/stat").read_text()
+    return raw[raw.rindex(")") + 2:].split()  # the fields after "(comm)": field 3 of proc(5) is index 0
+
+
+def process_cpu_s(pid: int, children: bool = False) -> float:
+    """User + system CPU seconds of a process (and of its reaped children), from /proc."""
+    f = _stat(pid)
+    ticks = int(f[11]) + int(f[12]) + ((int(f[13]) + int(f[14])) if children else 0)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def postgres_cpu_s(pgdata: Path) -> float:
+    """CPU seconds used so far by the server of `pgdata`: the postmaster, its live children and the
+    children it has reaped (backends that exited)."""
+    postmaster = int((pgdata / "postmaster.pid").read_text().split()[0])
+    total = process_cpu_s(postmaster, children=True)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                f = _stat(int(entry.name))
+            except (FileNotFoundError, ProcessLookupError, ValueError):
+                continue
+            if int(f[1]) == postmaster:
+                total += (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def bench_pgdata() -> Path:
+    return load_settings().home / "bench-pgdata"
+
+
 @contextlib.contextmanager
 def simulator_process(accounts: int, events_per_account: int, seed: int = 7, port: int = 0) -> Iterator[str]:
     import socket
@@ -91,6 +126,7 @@ def simulator_process(accounts: int, events_per_account: int, seed: int = 7, por
         url = proc.stdout.readline().strip()
         if not url:
             raise RuntimeError("the simulator did not start")
+        SIM_PIDS[url] = proc.pid
         yield url
     finally:
         proc.terminate()

@@ -2,7 +2,8 @@
 
     python -m benchmarks.pipeline_child --db URL --sim URL --user-id ID --token TOKEN [--max-pages N]
 
-Prints one JSON line: elapsed_s, pages, requests, inserted, updated, streams, status, peak_rss_mb.
+Prints one JSON line: elapsed_s, pages, requests, inserted, updated, streams, status, peak_rss_mb, and
+cpu_s (the CPU time of the sync itself, all threads, without start-up).
 The engine is the real one: `sync_account` with the real X client over loopback HTTP, one transaction per
 page (rows + cursor + audit).
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import time
 import uuid
 
@@ -31,6 +33,12 @@ def peak_rss_mb() -> float:
     return float("nan")
 
 
+def _cpu_s() -> float:
+    """User + system CPU of this process (all threads) so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--db", required=True)
@@ -48,14 +56,16 @@ def main() -> None:
     limits = RunLimits(max_pages=args.max_pages, time_budget_s=3600.0)
     with http_client() as http:
         client = build_client(account, http, engine=engine)
-        t0 = time.perf_counter()
+        cpu0, t0 = _cpu_s(), time.perf_counter()
         result = sync_account(engine, client, f"bench-{uuid.uuid4()}", limits)
-        elapsed = time.perf_counter() - t0
+        elapsed, cpu = time.perf_counter() - t0, _cpu_s() - cpu0
     engine.dispose()
     print(json.dumps({
-        "elapsed_s": elapsed, "pages": result.total("pages"), "requests": result.total("requests"),
+        "elapsed_s": elapsed, "pages": result.total("pages"), "commits": result.total("commits"),
+        "requests": result.total("requests"),
         "inserted": result.total("inserted"), "updated": result.total("updated"),
         "streams": len(result.streams), "status": result.status.value, "peak_rss_mb": round(peak_rss_mb(), 1),
+        "cpu_s": round(cpu, 3),
     }), flush=True)
 
 

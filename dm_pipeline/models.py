@@ -65,9 +65,11 @@ class Stream:
     retention_window_days: int | None = None   # /2/dm_events only returns 30 days
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class EventRow:
-    """One normalized DM event: the columns of dm_private.dm_history that come from the provider."""
+    """One normalized DM event: the columns of dm_private.dm_history that come from the provider.
+    Treated as immutable; not `frozen` because a frozen dataclass costs ~7x to build (1.5 vs 0.2 us, and a
+    page builds 100)."""
 
     message_id: str
     conversation_id: str | None
@@ -162,6 +164,7 @@ class StreamResult:
     received: int = 0
     inserted: int = 0
     updated: int = 0
+    commits: int = 0                     # transactions that committed pages (several pages may share one)
     high_water_id: str | None = None
     pass_cursor: str | None = None
     error_code: str | None = None

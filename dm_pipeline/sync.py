@@ -91,6 +91,7 @@ def _sync_stream(engine: Engine, client: ProviderClient, stream: Stream, run_id:
         finally:
             committer.close(raise_error=False)
             _account(res, committer, on_page)
+            res.commits = committer.transactions
         committer.close()  # a failed commit fails the stream here, after the pages before it were counted
         res.high_water_id, res.pass_cursor = state.high_water_id, state.pass_cursor
         writes.finish_stream(engine, account, stream, state, AuditEntry(
