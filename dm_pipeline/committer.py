@@ -14,25 +14,22 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 
-from sqlalchemy import Engine
-
-from dm_pipeline.db import writes
 from dm_pipeline.db.writes import PageWrite
-from dm_pipeline.models import Account, Stream
 
 Committed = tuple[PageWrite, int, int]  # the page, rows inserted, rows updated
+CommitGroup = Callable[[Sequence[PageWrite]], Sequence[tuple[int, int]]]  # one transaction; counts per page
 _STOP = object()
 
 
 class PageCommitter:
-    def __init__(self, engine: Engine, account: Account, stream: Stream, run_id: str, *, write_ahead: int,
-                 max_group: int = 16) -> None:
-        self.engine, self.run_id = engine, run_id
-        self._commit = lambda group: writes.commit_pages(engine, account, stream, run_id, group)
-        self._write_ahead = write_ahead
+    """`commit` writes consecutive pages in one transaction (writes.commit_pages). `write_ahead` pages may
+    wait for it; one transaction takes up to `max_group` of them."""
+
+    def __init__(self, commit: CommitGroup, *, write_ahead: int, max_group: int = 16, name: str = "commit") -> None:
+        self._commit = commit
         self._max_group = max(1, max_group)
         self._done: list[Committed] = []
         self._lock = threading.Lock()
@@ -41,8 +38,7 @@ class PageCommitter:
         self._thread: threading.Thread | None = None
         self.transactions = 0
         if write_ahead > 0:
-            self._thread = threading.Thread(target=self._run, name=f"commit:{account.key}/{stream.key}",
-                                            daemon=True)
+            self._thread = threading.Thread(target=self._run, name=name, daemon=True)
             self._thread.start()
 
     def __enter__(self) -> PageCommitter:

@@ -85,9 +85,12 @@ def _sync_stream(engine: Engine, client: ProviderClient, stream: Stream, run_id:
             writes.finish_stream(engine, account, stream, None, AuditEntry(
                 run_id=run_id, row_kind="job", job_status=res.status.value, started_at=started))
             return res
-        committer = PageCommitter(engine, account, stream, run_id, write_ahead=limits.write_ahead)
+        committer = PageCommitter(lambda group: writes.commit_pages(engine, account, stream, run_id, group),
+                                  write_ahead=limits.write_ahead, name=f"commit:{account.key}/{stream.key}")
         try:
-            state = _walk(client, stream, limits, budget, res, committer, on_page)
+            with engine.connect() as conn:
+                state = writes.read_state(conn, account.key, stream.key)
+            state = _walk(client, stream, state, run_id, limits, budget, res, committer, on_page)
         finally:
             committer.close(raise_error=False)
             _account(res, committer, on_page)
@@ -115,10 +118,8 @@ def _account(res: StreamResult, committer: PageCommitter, on_page: PageHook | No
             on_page(res)
 
 
-def _walk(client: ProviderClient, stream: Stream, limits: RunLimits, budget: Budget, res: StreamResult,
-          committer: PageCommitter, on_page: PageHook | None) -> StreamState:
-    with committer.engine.connect() as conn:
-        state = writes.read_state(conn, client.account.key, stream.key)
+def _walk(client: ProviderClient, stream: Stream, state: StreamState, run_id: str, limits: RunLimits,
+          budget: Budget, res: StreamResult, committer: PageCommitter, on_page: PageHook | None) -> StreamState:
     # A pass left open by an earlier run is finished first; then one fresh pass picks up whatever
     # arrived meanwhile, so a run always ends current (when its budget allows).
     resumed = state.pass_open and not (limits.sweep and not state.pass_sweep)
@@ -164,7 +165,7 @@ def _walk(client: ProviderClient, stream: Stream, limits: RunLimits, budget: Bud
         loop = page.next_cursor is not None and page.next_cursor in seen_cursors
         empty_streak = 0 if page.events else empty_streak + 1
         audit = AuditEntry(
-            run_id=committer.run_id, row_kind="page", job_status="page_committed", started_at=page_started,
+            run_id=run_id, row_kind="page", job_status="page_committed", started_at=page_started,
             page_seq=page_seq, cursor_in=cursor_in,
             cursor_out=page.next_cursor, has_next_page=page.next_cursor is not None,
             http_status=page.http_status, requests=page.requests, events_received=len(page.events),
