@@ -2,8 +2,9 @@
 tests all drive this same code.
 
 Per account x stream: resume the open pass (or start one whose stop_id is the high-water mark), fetch
-newest-first pages, keep events newer than stop_id, and commit rows + cursor + audit per page. A crash
-costs at most one page of refetching and never leaves a gap.
+newest-first pages, keep events newer than stop_id, and commit rows + cursor + audit per page (on the
+committer's writer thread, so the next request does not wait for the commit). A crash costs at most the
+pages not yet committed (`write_ahead` + 1) of refetching and never leaves a gap.
 """
 
 from __future__ import annotations
