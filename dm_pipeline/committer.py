@@ -12,6 +12,7 @@ next run resumes from the last committed cursor. A crash can cost the pages stil
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from collections.abc import Callable, Sequence
@@ -34,6 +35,7 @@ class PageCommitter:
         self._done: list[Committed] = []
         self._lock = threading.Lock()
         self._error: BaseException | None = None
+        self._abort = threading.Event()  # set when the caller is interrupted: commit nothing more
         self._queue: queue.Queue[object] = queue.Queue(maxsize=max(1, write_ahead))
         self._thread: threading.Thread | None = None
         self.transactions = 0
@@ -51,11 +53,17 @@ class PageCommitter:
 
     def submit(self, write: PageWrite) -> None:
         """Queue a page (blocks while `write_ahead` pages wait). Raises the writer's error, if it failed."""
-        self._raise_if_failed()
+        self.check()
         if self._thread is None:
             self._record([write], self._commit([write]))
             return
         self._queue.put(write)
+        self.check()  # a put that waited may have been freed by a writer that failed meanwhile
+
+    def check(self) -> None:
+        """Raise the writer's error, if a commit failed (the caller asks before spending a request)."""
+        if self._error is not None:
+            raise self._error
 
     def committed(self) -> list[Committed]:
         """The pages committed since the last call, in order."""
@@ -64,17 +72,32 @@ class PageCommitter:
         return done
 
     def close(self, raise_error: bool = True) -> None:
-        """Commit what is queued and stop the writer."""
+        """Commit what is queued and stop the writer. Interrupted (Ctrl-C, a terminating run), it lets the
+        transaction in flight finish, drops the rest and still waits: the caller releases the stream's lock
+        next, and no commit of this stream may land after that."""
         if self._thread is not None:
-            self._queue.put(_STOP)
-            self._thread.join()
-            self._thread = None
+            try:
+                self._queue.put(_STOP)
+                self._thread.join()
+            except BaseException:
+                self._abort.set()
+                while self._thread.is_alive():
+                    self._drain()
+                    self._thread.join(0.05)
+                raise
+            finally:
+                if not self._thread.is_alive():
+                    self._thread = None
         if raise_error:
-            self._raise_if_failed()
+            self.check()
 
-    def _raise_if_failed(self) -> None:
-        if self._error is not None:
-            raise self._error
+    def _drain(self) -> None:
+        """Drop what is queued and ask the writer to stop."""
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self._queue.get_nowait()
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(_STOP)
 
     def _record(self, group: Sequence[PageWrite], counts: Sequence[tuple[int, int]]) -> None:
         with self._lock:
@@ -97,6 +120,8 @@ class PageCommitter:
                     stopping = True
                     break
                 group.append(item)  # type: ignore[arg-type]
+            if self._abort.is_set():
+                return
             try:
                 self._record(group, self._commit(group))
             except BaseException as exc:  # handed to the caller's thread and raised there

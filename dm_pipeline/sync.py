@@ -132,6 +132,7 @@ def _walk(client: ProviderClient, stream: Stream, state: StreamState, run_id: st
     fetched = 0
     while True:
         _account(res, committer, on_page)
+        committer.check()  # a failed commit ends the stream before another request is spent
         if fetched >= limits.max_pages or budget.remaining() <= 0:
             res.status = StreamStatus.PARTIAL
             return state

@@ -142,10 +142,12 @@ def _cast(column: str) -> str:
     return f"%({column})s::{dm_sync_audit.c[column].type.compile(dialect=postgresql.dialect())}"
 
 
+_UPSERT_TAIL = "SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM written"
+assert _UPSERT.endswith(_UPSERT_TAIL)
+
 # One statement per page writes its rows AND its audit row, whose counts come from the upsert itself: one
 # round trip instead of two, and the audit can never disagree with what the upsert did.
-_UPSERT_PAGE = _UPSERT.replace(
-    "SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM written", f"""
+_UPSERT_PAGE = _UPSERT.replace(_UPSERT_TAIL, f"""
 , counts AS (
     SELECT count(*) FILTER (WHERE inserted) AS inserted, count(*) FILTER (WHERE NOT inserted) AS updated
     FROM written
@@ -348,39 +350,62 @@ def commit_pages(engine: Engine, account: Account, stream: Stream, run_id: str,
                  pages: Sequence[PageWrite]) -> list[tuple[int, int]]:
     """THE crash-safety point: consecutive pages of one stream, each with its rows and its audit row, and
     the cursor after the last of them, in ONE transaction: all or nothing. Returns (inserted, updated) per
-    page. The statements travel in one pipeline (one round trip) before the COMMIT."""
+    page. The statements travel in one pipeline (one round trip) before the COMMIT.
+
+    Each statement locks its rows in key order, but a group of newest-first pages takes them in
+    descending runs, so two writers of one account on streams that share messages (the inbox and a
+    conversation) can deadlock; Postgres then aborts one transaction, which is retried whole."""
     if not pages:
         return []
-    try:
-        with engine.begin() as conn:
-            for write in pages:
-                if write.page is not None and (write.page.conversations or write.page.quarantined
-                                               or write.page.conversation_events):
-                    upsert_side_data(conn, account, stream, run_id, write.page)
-            users = _users_param(account.provider.value,
-                                 (u for w in pages if w.page is not None for u in w.page.users))
-            pg = conn.connection.driver_connection
-            assert pg is not None
-            try:
-                with pg.pipeline():
-                    cursors = [pg.cursor() for _ in pages]
-                    for cur, write in zip(cursors, pages, strict=True):
-                        cur.execute(_UPSERT_PAGE, _page_params(account, stream, run_id, write), prepare=True)
-                    if users is not None:
-                        pg.cursor().execute(_UPSERT_USERS, users, prepare=True)
-                    pg.cursor().execute(_UPSERT_STATE, _state_params(account, stream, pages[-1].state),
-                                        prepare=True)
-                counts = [cur.fetchone() for cur in cursors]
-            except psycopg.Error as exc:
-                raise DBAPIError.instance(_UPSERT_PAGE, None, exc, psycopg.Error) from None
-    except StatementError as exc:
-        if connection_lost(exc):
-            raise DatabaseUnavailable(
-                f"lost the connection to Postgres while committing a page of {account.key}/{stream.key} "
-                f"({type(getattr(exc, 'orig', None) or exc).__name__}). The pages committed before are kept; "
-                "the next run resumes from the stored cursor") from None
-        # Its message quotes the failing row and the parameters (message text): re-raise without both.
-        raise PageCommitError(account.key, stream.key, exc) from None
+    for attempt in range(1, _RETRIES + 1):
+        try:
+            return _commit_pages(engine, account, stream, run_id, pages)
+        except StatementError as exc:
+            if attempt < _RETRIES and getattr(getattr(exc, "orig", None), "sqlstate", None) in _RETRYABLE:
+                continue
+            if connection_lost(exc):
+                raise DatabaseUnavailable(
+                    f"lost the connection to Postgres while committing a page of {account.key}/{stream.key} "
+                    f"({type(getattr(exc, 'orig', None) or exc).__name__}). The pages committed before are kept; "
+                    "the next run resumes from the stored cursor") from None
+            # Its message quotes the failing row and the parameters (message text): re-raise without both.
+            raise PageCommitError(account.key, stream.key, exc) from None
+    raise AssertionError("unreachable")
+
+
+_RETRIES = 3
+_RETRYABLE = {"40P01", "40001"}  # deadlock_detected, serialization_failure: the group is retried whole
+
+
+def _commit_pages(engine: Engine, account: Account, stream: Stream, run_id: str,
+                  pages: Sequence[PageWrite]) -> list[tuple[int, int]]:
+    # Every parameter is built before the pipeline opens: an error raised inside it after a failed
+    # statement would make psycopg log that statement's error, whose DETAIL quotes the failing row.
+    page_params = [_page_params(account, stream, run_id, w) for w in pages]
+    users = _users_param(account.provider.value, (u for w in pages if w.page is not None for u in w.page.users))
+    # The state row after the last page; and after any page that closes a pass within the group, so the
+    # next pass gets its own pass_started_at (an open pass keeps the one it has).
+    states = [_state_params(account, stream, w.state) for w in pages[:-1] if not w.state.pass_open]
+    states.append(_state_params(account, stream, pages[-1].state))
+    with engine.begin() as conn:
+        for write in pages:
+            if write.page is not None and (write.page.conversations or write.page.quarantined
+                                           or write.page.conversation_events):
+                upsert_side_data(conn, account, stream, run_id, write.page)
+        pg = conn.connection.driver_connection
+        assert pg is not None
+        try:
+            with pg.pipeline():
+                cursors = [pg.cursor() for _ in pages]
+                for cur, params in zip(cursors, page_params, strict=True):
+                    cur.execute(_UPSERT_PAGE, params, prepare=True)
+                if users is not None:
+                    pg.cursor().execute(_UPSERT_USERS, users, prepare=True)
+                for state in states:
+                    pg.cursor().execute(_UPSERT_STATE, state, prepare=True)
+            counts = [cur.fetchone() for cur in cursors]
+        except psycopg.Error as exc:
+            raise DBAPIError.instance("page commit", None, exc, psycopg.Error) from None
     return [(int(c[0]), int(c[1])) if c else (0, 0) for c in counts]
 
 

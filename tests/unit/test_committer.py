@@ -108,15 +108,44 @@ def test_a_failed_commit_reaches_the_caller_and_nothing_after_it_is_committed() 
 
     blocked = threading.Thread(target=submit_4)
     blocked.start()
-    rec.release.set()  # page 1 commits; pages 2 and 3 go together and fail
+    rec.release.set()  # page 1 commits; the pages after it go together and fail
     blocked.join(30)
     assert not blocked.is_alive(), "a caller blocked on a full queue must wake when the writer fails"
     with pytest.raises(PageCommitError):
-        committer.submit(page(5))
-    with pytest.raises(PageCommitError):
         committer.close()
+    with pytest.raises(PageCommitError):
+        committer.submit(page(5))
     assert rec.groups == [[1]]
     assert [w.audit.page_seq for w, _, _ in committer.committed()] == [1]
+
+
+def test_an_interrupted_close_finishes_the_commit_in_flight_and_drops_the_rest() -> None:
+    """Ctrl-C (or a terminating Dagster run) while close() waits: the transaction in flight completes, the
+    queued pages are dropped (their cursor was never stored: the next run refetches them), and close()
+    still returns only once the writer has stopped, because the caller releases the stream lock next."""
+    rec = Recorder()
+    committer = PageCommitter(rec, write_ahead=8)
+    rec.hold()
+    committer.submit(page(1))
+    assert rec.entered.wait(30)
+    committer.submit(page(2))
+    committer.submit(page(3))
+    writer = committer._thread
+    assert writer is not None
+    real_join, joins = writer.join, []
+
+    def join(timeout: float | None = None) -> None:
+        joins.append(timeout)
+        if len(joins) == 1:
+            raise KeyboardInterrupt
+        rec.release.set()  # the commit in flight may finish now, after the interrupt was taken
+        real_join(timeout)
+
+    writer.join = join  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        committer.close()
+    assert not writer.is_alive()
+    assert rec.groups == [[1]]
 
 
 def test_leaving_on_an_error_still_commits_the_pages_already_fetched() -> None:
