@@ -5,6 +5,7 @@ Endpoints, parameters, response parsing into `Page`, and the pure normalizer `no
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -80,7 +81,27 @@ def map_error(response: httpx.Response) -> ProviderError:
     return ProviderError(f"X API {status} {title}".strip(), http_status=status, error_code=code)
 
 
-def normalize_event(event: dict[str, Any], includes: dict[str, Any], account_user_id: str,
+class IncludesIndex:
+    """A page's `includes.media` by media_key and `includes.tweets` by ID, each built on first use and
+    then shared by the page's events (most pages have several events with media)."""
+
+    def __init__(self, includes: dict[str, Any]) -> None:
+        self._includes = includes
+        self._media: dict[Any, Any] | None = None
+        self._tweets: dict[Any, Any] | None = None
+
+    def media(self) -> dict[Any, Any]:
+        if self._media is None:
+            self._media = {m.get("media_key"): m for m in self._includes.get("media") or () if isinstance(m, dict)}
+        return self._media
+
+    def tweets(self) -> dict[Any, Any]:
+        if self._tweets is None:
+            self._tweets = {t.get("id"): t for t in self._includes.get("tweets") or () if isinstance(t, dict)}
+        return self._tweets
+
+
+def normalize_event(event: dict[str, Any], includes: dict[str, Any] | IncludesIndex, account_user_id: str,
                     stream_key: str) -> EventRow:
     """Pure: one `DmEvent` plus the page's `includes` to one dm_history row. Raises BadEvent (the event is
     quarantined) when it has no numeric `id`, no `event_type`, or a field of an unusable type."""
@@ -104,16 +125,17 @@ def normalize_event(event: dict[str, Any], includes: dict[str, Any], account_use
         # A 1:1 conversation ID is "{smaller}-{larger}": the recipient is the other one.
         a, _, b = conversation_id.partition("-")
         recipient_id = b if sender_id == a else a if sender_id == b else None
+    index = includes if isinstance(includes, IncludesIndex) else IncludesIndex(includes)
     keys = (raw.get("attachments") or {}).get("media_keys") or []
     media = None
-    if keys:  # most events have none: index `includes` only for those that do
-        media_by_key = {m.get("media_key"): m for m in includes.get("media") or () if isinstance(m, dict)}
+    if keys:  # most events have none: `includes` is indexed only when one does
+        media_by_key = index.media()
         media = [sanitize(media_by_key.get(k, {"media_key": k}))[0] for k in keys] or None
     # Shared tweets: the event holds their IDs, `includes.tweets` their content; keep both together.
     refs = raw.get("referenced_tweets") or ()
     referenced = None
     if refs:
-        tweets_by_id = {t.get("id"): t for t in includes.get("tweets") or () if isinstance(t, dict)}
+        tweets_by_id = index.tweets()
         referenced = [sanitize({**tweets_by_id.get(r.get("id"), {}), **r})[0]
                       for r in refs if isinstance(r, dict)] or None
     text = text_field(raw, "text", flags)
@@ -137,7 +159,8 @@ def parse_page(body: Any, account_user_id: str, stream_key: str
     meta = body.get("meta") or {}
     if not isinstance(data, list) or not isinstance(includes, dict) or not isinstance(meta, dict):
         raise MalformedResponse("X response has `data`, `includes` or `meta` of the wrong type")
-    events, quarantined = normalize_all(data, lambda e: normalize_event(e, includes, account_user_id, stream_key))
+    index = IncludesIndex(includes)
+    events, quarantined = normalize_all(data, lambda e: normalize_event(e, index, account_user_id, stream_key))
     next_token = meta.get("next_token")
     users = [row for u in includes.get("users") or () if isinstance(u, dict) and (row := user_row(u))]
     return events, (next_token if isinstance(next_token, str) and next_token else None), users, quarantined
@@ -172,6 +195,18 @@ class XClient:
             if CONVERSATION_ID_RE.fullmatch(cid):
                 yield conversation_stream(cid)
 
+    @functools.cached_property
+    def _fixed_query(self) -> str:
+        """The query parameters every request repeats, encoded once (httpx re-validates a query string
+        character by character each time it merges a params dict: ~15 % of the fetch's CPU)."""
+        return str(httpx.QueryParams(self._params(None)))
+
+    def _url(self, stream: Stream, cursor: str | None) -> str:
+        query = self._fixed_query
+        if cursor:
+            query += "&" + str(httpx.QueryParams({"pagination_token": cursor}))
+        return f"{self.account.base_url}{stream.path}?{query}"
+
     def _params(self, cursor: str | None) -> dict[str, str]:
         params = {
             "dm_event.fields": DM_EVENT_FIELDS, "expansions": EXPANSIONS, "media.fields": MEDIA_FIELDS,
@@ -184,7 +219,7 @@ class XClient:
 
     def _send(self, stream: Stream, cursor: str | None, budget: Budget, token: str) -> Sent:
         request = self._http.build_request(
-            "GET", self.account.base_url + stream.path, params=self._params(cursor),
+            "GET", self._url(stream, cursor),
             headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
         )
         return send(self._http, request, map_error=map_error, policy=self._policy, budget=budget,
