@@ -177,7 +177,7 @@ def _walk(client: ProviderClient, stream: Stream, state: StreamState, run_id: st
             error_code="cursor_loop" if loop else None, gap_suspected=gap, credits=page.credits,
             events_quarantined=len(page.quarantined),
         )
-        committer.submit(PageWrite(keep, state, audit, page))
+        committer.submit(writes.prepare_page(client.account, stream, run_id, PageWrite(keep, state, audit, page)))
         fetched += 1
         res.http_status = page.http_status
         res.gap_suspected = res.gap_suspected or gap

@@ -6,7 +6,7 @@ import functools
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -80,6 +80,8 @@ class PageWrite:
     state: StreamState
     audit: AuditEntry
     page: Page | None = None
+    # The page statement's parameters, when built ahead (prepare_page) on the thread that fetched the page.
+    params: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
 
 def read_state(conn: Connection, account_key: str, stream_key: str) -> StreamState:
@@ -330,11 +332,24 @@ def _page_params(account: Account, stream: Stream, run_id: str, write: PageWrite
         "run_id": run_id, "rows": page_json(unique.values()), "endpoint": stream.endpoint,
         "row_kind": a.row_kind, "page_seq": a.page_seq, "cursor_in": a.cursor_in, "cursor_out": a.cursor_out,
         "has_next_page": a.has_next_page, "http_status": a.http_status, "requests": a.requests,
-        "events_received": a.events_received, "message_ids": list(a.message_ids),
-        "media_refs": list(a.media_refs), "newest_id": a.newest_id, "oldest_id": a.oldest_id,
+        "events_received": a.events_received, "message_ids": _text_array(a.message_ids),
+        "media_refs": _text_array(a.media_refs), "newest_id": a.newest_id, "oldest_id": a.oldest_id,
         "job_status": a.job_status, "error_code": a.error_code, "gap_suspected": a.gap_suspected,
         "credits": a.credits, "events_quarantined": a.events_quarantined, "started_at": a.started_at,
     }
+
+
+def _text_array(values: Iterable[str]) -> str:
+    """A text[] literal (cast by the statement). psycopg adapts a list of 100 IDs in Python, element by
+    element, on the writer thread; this join costs a tenth of that and runs on the fetching thread."""
+    return "{" + ",".join('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values) + "}"
+
+
+def prepare_page(account: Account, stream: Stream, run_id: str, write: PageWrite) -> PageWrite:
+    """`write` with its statement parameters built now. The sync builds them on the fetching thread, which
+    waits for the writer anyway, so the writer thread needs the GIL only for the driver: measured with a
+    fetching thread beside it, the writer commits a page in 3.8 ms instead of 4.2-4.4."""
+    return replace(write, params=_page_params(account, stream, run_id, write))
 
 
 def _state_params(account: Account, stream: Stream, state: StreamState) -> dict[str, Any]:
@@ -379,9 +394,10 @@ _RETRYABLE = {"40P01", "40001"}  # deadlock_detected, serialization_failure: the
 
 def _commit_pages(engine: Engine, account: Account, stream: Stream, run_id: str,
                   pages: Sequence[PageWrite]) -> list[tuple[int, int]]:
-    # Every parameter is built before the pipeline opens: an error raised inside it after a failed
-    # statement would make psycopg log that statement's error, whose DETAIL quotes the failing row.
-    page_params = [_page_params(account, stream, run_id, w) for w in pages]
+    # Every parameter is built before the pipeline opens (most were built by prepare_page on the fetching
+    # thread): an error raised inside the pipeline after a failed statement would make psycopg log that
+    # statement's error, whose DETAIL quotes the failing row.
+    page_params = [w.params or _page_params(account, stream, run_id, w) for w in pages]
     users = _users_param(account.provider.value, (u for w in pages if w.page is not None for u in w.page.users))
     # The state row after the last page; and after any page that closes a pass within the group, so the
     # next pass gets its own pass_started_at (an open pass keeps the one it has).

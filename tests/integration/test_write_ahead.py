@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import Engine, text
 
-from dm_pipeline.db.writes import AuditEntry, PageWrite, StreamState, commit_pages
+from dm_pipeline.db.writes import AuditEntry, PageWrite, StreamState, _text_array, commit_pages
 from dm_pipeline.errors import PageCommitError
 from dm_pipeline.models import Account, EventRow, Provider, StreamStatus
 from dm_pipeline.providers.x_api import INBOX
@@ -167,3 +167,9 @@ def test_a_group_that_deadlocks_with_another_writer_is_retried_whole(engine) -> 
         rows = dict(conn.execute(text("SELECT message_id, text FROM dm_private.dm_history "
                                       "WHERE account_key = 'dl'")).all())
     assert rows == {"100": "a2", "98": "b2"}
+
+
+@pytest.mark.parametrize("values", [[], ["1", "2"], ['a"b', "c\\d", "x,y", "{z}", "NULL", "", " sp ", "é🙂"]])
+def test_the_audit_arrays_reach_postgres_exactly(engine, values) -> None:  # type: ignore[no-untyped-def]
+    with engine.connect() as conn:
+        assert conn.scalar(text("SELECT CAST(:v AS text[])"), {"v": _text_array(values)}) == values
