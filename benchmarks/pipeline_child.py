@@ -17,9 +17,8 @@ import resource
 import time
 import uuid
 
-from sqlalchemy import create_engine
-
 from dm_pipeline.clients import build_client, http_client
+from dm_pipeline.db.engine import get_engine
 from dm_pipeline.models import Account, Provider
 from dm_pipeline.sync import RunLimits, sync_account
 
@@ -52,7 +51,7 @@ def main() -> None:
     os.environ["DM_BENCH_TOKEN"] = args.token
     account = Account(key=args.key, provider=Provider.X, user_id=args.user_id, base_url=args.sim,
                       token_env="DM_BENCH_TOKEN", page_size=100)
-    engine = create_engine(args.db)
+    engine = get_engine(args.db)  # the project's engine, as the CLI and Dagster build it
     limits = RunLimits(max_pages=args.max_pages, time_budget_s=3600.0)
     with http_client() as http:
         client = build_client(account, http, engine=engine)
