@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -114,23 +113,6 @@ _EVENT_NAMES = ", ".join(c for c, _ in _EVENT_COLUMNS)
 _CHANGING = ("conversation_id", "event_type", "sender_id", "recipient_id", "participant_ids", "created_at",
              "text", "media", "referenced_tweets", "reply_to_message_id", "edit_count", "raw", "sanitized",
              "flags", "content_hash", "last_changed_run_id")
-# Rows are locked in a fixed order (by key) so concurrent writers of one account never deadlock.
-# xmax = 0 only on a freshly inserted tuple; unchanged rows return nothing (the WHERE skips them), so the
-# two counts are exact: inserted, and updated in place. (A JSON null reads as SQL NULL: `media IS NULL`.)
-_UPSERT = f"""
-WITH written AS (
-    INSERT INTO {dm_history.fullname} (account_key, provider, stream_key, first_seen_run_id, last_changed_run_id,
-                                       {_EVENT_NAMES})
-    SELECT %(account_key)s, %(provider)s, %(stream_key)s, %(run_id)s, %(run_id)s, {_EVENT_NAMES}
-    FROM json_to_recordset(%(rows)s::json) AS r({", ".join(f"{c} {t}" for c, t in _EVENT_COLUMNS)})
-    ORDER BY message_id
-    ON CONFLICT (account_key, message_id) DO UPDATE
-    SET {", ".join(f"{c} = EXCLUDED.{c}" for c in _CHANGING)}, last_changed_at = now()
-    WHERE {dm_history.name}.content_hash IS DISTINCT FROM EXCLUDED.content_hash
-    RETURNING (xmax = 0) AS inserted
-)
-SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM written"""
-
 # The audit columns of a page row, each cast to its column type (parameters in a SELECT list are not
 # typed by the target column the way VALUES parameters are).
 _AUDIT_PAGE_COLUMNS: tuple[str, ...] = (
@@ -144,19 +126,29 @@ def _cast(column: str) -> str:
     return f"%({column})s::{dm_sync_audit.c[column].type.compile(dialect=postgresql.dialect())}"
 
 
-_UPSERT_TAIL = "SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM written"
-assert _UPSERT.endswith(_UPSERT_TAIL)
-
 # One statement per page writes its rows AND its audit row, whose counts come from the upsert itself: one
-# round trip instead of two, and the audit can never disagree with what the upsert did.
-_UPSERT_PAGE = _UPSERT.replace(_UPSERT_TAIL, f"""
-, counts AS (
+# round trip instead of two, and the audit can never disagree with what the upsert did. Rows are locked in
+# key order within the statement. xmax = 0 only on a freshly inserted tuple; unchanged rows return nothing
+# (the WHERE skips them), so the two counts are exact: inserted, and updated in place. (A JSON null reads
+# as SQL NULL: `media IS NULL`.)
+_UPSERT_PAGE = f"""
+WITH written AS (
+    INSERT INTO {dm_history.fullname} (account_key, provider, stream_key, first_seen_run_id, last_changed_run_id,
+                                       {_EVENT_NAMES})
+    SELECT %(account_key)s, %(provider)s, %(stream_key)s, %(run_id)s, %(run_id)s, {_EVENT_NAMES}
+    FROM json_to_recordset(%(rows)s::json) AS r({", ".join(f"{c} {t}" for c, t in _EVENT_COLUMNS)})
+    ORDER BY message_id
+    ON CONFLICT (account_key, message_id) DO UPDATE
+    SET {", ".join(f"{c} = EXCLUDED.{c}" for c in _CHANGING)}, last_changed_at = now()
+    WHERE {dm_history.name}.content_hash IS DISTINCT FROM EXCLUDED.content_hash
+    RETURNING (xmax = 0) AS inserted
+), counts AS (
     SELECT count(*) FILTER (WHERE inserted) AS inserted, count(*) FILTER (WHERE NOT inserted) AS updated
     FROM written
 )
 INSERT INTO {dm_sync_audit.fullname} ({", ".join(_AUDIT_PAGE_COLUMNS)}, events_inserted, events_updated)
 SELECT {", ".join(_cast(c) for c in _AUDIT_PAGE_COLUMNS)}, counts.inserted, counts.updated FROM counts
-RETURNING events_inserted, events_updated""")
+RETURNING events_inserted, events_updated"""
 
 
 def _event_json(e: EventRow) -> dict[str, Any]:
@@ -217,11 +209,6 @@ def write_state(conn: Connection, account: Account, stream: Stream, state: Strea
         "error_code": error_code if status is not None else None, "succeeded": succeeded})
 
 
-@functools.cache
-def _insert_sql(table: str, columns: tuple[str, ...]) -> str:
-    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(f'%({c})s' for c in columns)})"
-
-
 def _driver_execute(conn: Connection, sql: str, params: dict[str, Any]) -> tuple[Any, ...] | None:
     """Run a fixed statement, prepared server-side, on the psycopg connection of `conn`'s transaction (the
     per-page path: SQLAlchemy's statement building is most of its client CPU). Returns the first row, if
@@ -236,21 +223,30 @@ def _driver_execute(conn: Connection, sql: str, params: dict[str, Any]) -> tuple
         raise DBAPIError.instance(sql, None, exc, psycopg.Error) from None
 
 
+def _audit_values(account: Account, stream: Stream, entry: AuditEntry) -> dict[str, Any]:
+    """The audit row's columns (_AUDIT_PAGE_COLUMNS) for `entry`: page rows and job rows alike."""
+    return {
+        "run_id": entry.run_id, "account_key": account.key, "provider": account.provider.value,
+        "stream_key": stream.key, "endpoint": stream.endpoint, "row_kind": entry.row_kind,
+        "page_seq": entry.page_seq, "cursor_in": entry.cursor_in, "cursor_out": entry.cursor_out,
+        "has_next_page": entry.has_next_page, "http_status": entry.http_status, "requests": entry.requests,
+        "events_received": entry.events_received, "message_ids": _text_array(entry.message_ids),
+        "media_refs": _text_array(entry.media_refs), "newest_id": entry.newest_id, "oldest_id": entry.oldest_id,
+        "job_status": entry.job_status, "error_code": entry.error_code, "gap_suspected": entry.gap_suspected,
+        "credits": entry.credits, "events_quarantined": entry.events_quarantined, "started_at": entry.started_at,
+    }
+
+
+_INSERT_AUDIT = (f"INSERT INTO {dm_sync_audit.fullname} ({', '.join(_AUDIT_PAGE_COLUMNS)}, events_inserted, "
+                 f"events_updated) VALUES ({', '.join(_cast(c) for c in _AUDIT_PAGE_COLUMNS)}, "
+                 "%(events_inserted)s, %(events_updated)s)")
+
+
 def insert_audit(conn: Connection, account: Account, stream: Stream, entry: AuditEntry, inserted: int = 0,
                  updated: int = 0) -> None:
-    values = dict(
-        run_id=entry.run_id, account_key=account.key, provider=account.provider.value, stream_key=stream.key,
-        endpoint=stream.endpoint, row_kind=entry.row_kind, page_seq=entry.page_seq, cursor_in=entry.cursor_in,
-        cursor_out=entry.cursor_out, has_next_page=entry.has_next_page, http_status=entry.http_status,
-        requests=entry.requests, events_received=entry.events_received, events_inserted=inserted,
-        events_updated=updated, message_ids=list(entry.message_ids), media_refs=list(entry.media_refs),
-        newest_id=entry.newest_id, oldest_id=entry.oldest_id, job_status=entry.job_status,
-        error_code=entry.error_code, gap_suspected=entry.gap_suspected, credits=entry.credits,
-        events_quarantined=entry.events_quarantined,
-        started_at=entry.started_at,
-    )
     # A plain INSERT of these columns, prepared once per connection (see _driver_execute).
-    _driver_execute(conn, _insert_sql(dm_sync_audit.fullname, tuple(values)), values)
+    _driver_execute(conn, _INSERT_AUDIT, {**_audit_values(account, stream, entry), "events_inserted": inserted,
+                                          "events_updated": updated})
 
 
 # Every X page carries the profiles of its senders: the same few users, page after page. Unchanged ones are
@@ -280,13 +276,6 @@ def _users_param(provider: str, users: Iterable[UserRow]) -> dict[str, Any] | No
     rows = [{"user_id": u.user_id, "username": u.username, "name": u.name, "raw": u.raw,
              "content_hash": u.content_hash} for u in (latest[k] for k in sorted(latest))]
     return {"provider": provider, "users": _json_text(rows)}
-
-
-def upsert_users(conn: Connection, provider: str, users: Sequence[UserRow]) -> None:
-    """Upsert profiles; unchanged ones are neither written nor locked."""
-    params = _users_param(provider, users)
-    if params is not None:
-        _driver_execute(conn, _UPSERT_USERS, params)
 
 
 def upsert_side_data(conn: Connection, account: Account, stream: Stream, run_id: str, page: Page) -> None:
@@ -326,17 +315,7 @@ def upsert_side_data(conn: Connection, account: Account, stream: Stream, run_id:
 
 def _page_params(account: Account, stream: Stream, run_id: str, write: PageWrite) -> dict[str, Any]:
     unique = {e.message_id: e for e in write.events}  # a page may repeat an event; ON CONFLICT needs it once
-    a = write.audit
-    return {
-        "account_key": account.key, "provider": account.provider.value, "stream_key": stream.key,
-        "run_id": run_id, "rows": page_json(unique.values()), "endpoint": stream.endpoint,
-        "row_kind": a.row_kind, "page_seq": a.page_seq, "cursor_in": a.cursor_in, "cursor_out": a.cursor_out,
-        "has_next_page": a.has_next_page, "http_status": a.http_status, "requests": a.requests,
-        "events_received": a.events_received, "message_ids": _text_array(a.message_ids),
-        "media_refs": _text_array(a.media_refs), "newest_id": a.newest_id, "oldest_id": a.oldest_id,
-        "job_status": a.job_status, "error_code": a.error_code, "gap_suspected": a.gap_suspected,
-        "credits": a.credits, "events_quarantined": a.events_quarantined, "started_at": a.started_at,
-    }
+    return {**_audit_values(account, stream, write.audit), "run_id": run_id, "rows": page_json(unique.values())}
 
 
 def _text_array(values: Iterable[str]) -> str:
@@ -423,12 +402,6 @@ def _commit_pages(engine: Engine, account: Account, stream: Stream, run_id: str,
         except psycopg.Error as exc:
             raise DBAPIError.instance("page commit", None, exc, psycopg.Error) from None
     return [(int(c[0]), int(c[1])) if c else (0, 0) for c in counts]
-
-
-def commit_page(engine: Engine, account: Account, stream: Stream, run_id: str, events: Sequence[EventRow],
-                state: StreamState, audit: AuditEntry, page: Page | None = None) -> tuple[int, int]:
-    """One page in its own transaction (see commit_pages)."""
-    return commit_pages(engine, account, stream, run_id, [PageWrite(events, state, audit, page)])[0]
 
 
 def connection_lost(exc: BaseException) -> bool:
