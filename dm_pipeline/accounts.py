@@ -31,6 +31,18 @@ KEY = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
 Tab = Literal["all", "requests", "hidden"]
 EXAMPLE = "config/accounts.example.yaml"
 TOKEN_KEY_ENV = "DM_PIPELINE_TOKEN_KEY"  # the Fernet key that encrypts stored OAuth tokens (see oauth.py)
+MAX_POLL_INTERVAL_S = 7 * 86400
+_DURATION = re.compile(r"^\s*([0-9]+)\s*([smhd]?)\s*$", re.IGNORECASE)
+_UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _whole(value: Any) -> int | None:
+    """An int (or a string of digits, as `${VAR}` yields); None for anything else (bools included)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and re.fullmatch(r"\s*-?[0-9]+\s*", value):
+        return int(value)
+    return None
 
 
 class ConversationsEntry(BaseModel):
@@ -70,6 +82,36 @@ class AccountEntry(BaseModel):
     ct0_env: str | None = Field(default=None, pattern=ENV_NAME)
     twid_env: str | None = Field(default=None, pattern=ENV_NAME)
     tabs: list[Tab] = Field(default=["all", "requests", "hidden"], min_length=1)
+    # cost, every provider: `budget` caps the cost per rolling 24 hours (X: requests, Xquik: credits, GetXAPI:
+    # calls); the polling backoff only takes effect for the billed providers (xquik, getxapi)
+    budget: int | None = Field(default=None, description="daily cost cap: N or {daily: N}, N >= 1")
+    max_poll_interval: int = Field(default=3600, description="seconds (or 90s/30m/1h/2d), 0 to 7 days; 0 disables")
+    poll_backoff_after: int = Field(default=2, ge=1, description="empty polls before the interval grows")
+
+    @field_validator("budget", mode="before")
+    @classmethod
+    def _budget(cls, v: Any) -> Any:
+        if v is None:
+            return None
+        daily = v.get("daily") if isinstance(v, dict) and set(v) == {"daily"} else v
+        n = None if isinstance(daily, (dict, list)) else _whole(daily)
+        if n is None or n < 1:
+            raise ValueError(f"`budget` {(repr(v) if isinstance(v, str) else str(v))[:60]} is not a daily cost "
+                             "cap: a whole number >= 1 (X: requests, Xquik: credits, GetXAPI: calls per rolling "
+                             "24 hours) or a mapping `{daily: N}`. Fix: e.g. `budget: 500` or `budget: {daily: 500}`, "
+                             "or remove it for no cap")
+        return n
+
+    @field_validator("max_poll_interval", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> Any:
+        m = _DURATION.match(str(v)) if isinstance(v, (int, str)) and not isinstance(v, bool) else None
+        seconds = int(m.group(1)) * _UNIT_S[m.group(2).lower()] if m else -1
+        if not 0 <= seconds <= MAX_POLL_INTERVAL_S:
+            raise ValueError(f"`max_poll_interval` {str(v)[:60]!r} is not a duration from 0 to 7 days: whole "
+                             "seconds, or a number with s, m, h or d (0 disables the backoff). Fix: e.g. "
+                             "`max_poll_interval: 30m` (the default is 1h)")
+        return seconds
 
     @model_validator(mode="after")
     def _provider_keys(self) -> AccountEntry:
@@ -116,7 +158,8 @@ class AccountEntry(BaseModel):
             participant_ids=tuple(conv.participants), discover_conversations=conv.discover, oauth=oauth,
             handle=self.handle, partners=tuple(p.lstrip("@") for p in self.partners),
             auth_token_env=self.auth_token_env, ct0_env=self.ct0_env, twid_env=self.twid_env,
-            tabs=tuple(dict.fromkeys(self.tabs)),
+            tabs=tuple(dict.fromkeys(self.tabs)), daily_budget=self.budget,
+            max_poll_interval_s=self.max_poll_interval, poll_backoff_after=self.poll_backoff_after,
         )
 
 
@@ -214,6 +257,8 @@ FIELDS: dict[str, tuple[str, str]] = {
                  "e.g. https://api.x.com (X), https://xquik.com/api/v1 (Xquik), https://api.getxapi.com (GetXAPI)"),
     **{f: _env_fix(f) for f in _ENV_EXAMPLES},
     "page_size": ("a whole number of events per page from 1 to 100", "e.g. `page_size: 100` (the default)"),
+    "poll_backoff_after": ("a whole number of empty polls, at least 1, before a billed stream's poll interval grows",
+                           "e.g. `poll_backoff_after: 2` (the default)"),
     "handle": ("the connected account's X handle without '@' (letters, digits, '_', at most 15)",
                "e.g. `handle: support_team`"),
     "partners": ("a list of X usernames (letters, digits, '_', at most 15; '@' optional) or numeric user IDs",
@@ -242,7 +287,8 @@ ITEMS: dict[str, tuple[str, str]] = {
 }
 _SECRET_FIELDS = {"token_env", "auth_token_env", "ct0_env", "twid_env", "client_id_env", "refresh_token_env",
                   "client_secret_env"}
-_SAFE_TO_ECHO = {"user_id", "provider", "key", "handle", "page_size", "tabs", "partners", "ids", "participants"}
+_SAFE_TO_ECHO = {"user_id", "provider", "key", "handle", "page_size", "tabs", "partners", "ids", "participants",
+                 "poll_backoff_after"}
 
 
 def _field(loc: Loc) -> str | None:

@@ -433,6 +433,7 @@ def sync(account_keys: tuple[str, ...], sweep: bool, max_pages: int | None, per_
     selection.check_environment(stored_oauth=preflight.stored_oauth_tokens(engine))
 
     limits = RunLimits(max_pages=max_pages or settings.page_budget, time_budget_s=settings.time_budget_s,
+                       poll_interval_s=settings.poll_interval_s,
                        write_ahead=settings.write_ahead,
                        sweep=sweep)
     run_id = f"cli-{uuid.uuid4()}"

@@ -10,13 +10,16 @@ from collections.abc import Callable
 import httpx
 from sqlalchemy import Engine, text
 
+from dm_pipeline.db.account_state import AccountGovernor
 from dm_pipeline.errors import ConfigError
 from dm_pipeline.http.policy import RetryPolicy
+from dm_pipeline.http.ratelimit import Governor
 from dm_pipeline.models import Account, Provider
 from dm_pipeline.providers.base import ProviderClient
 from dm_pipeline.providers.getxapi import GetXApiClient
-from dm_pipeline.providers.x_api import XClient
+from dm_pipeline.providers.x_api import Windows, XClient
 from dm_pipeline.providers.xquik import XquikClient
+from dm_pipeline.settings import load_settings
 
 TokenLookup = Callable[[str], str | None]
 
@@ -80,7 +83,10 @@ def stored_user_id(engine: Engine, provider: str) -> Callable[[str], str | None]
 
 
 def build_client(account: Account, http: httpx.Client, lookup: TokenLookup = env_token,
-                 policy: RetryPolicy | None = None, engine: Engine | None = None) -> ProviderClient:
+                 policy: RetryPolicy | None = None, engine: Engine | None = None,
+                 windows: Windows | None = None) -> ProviderClient:
+    # One rate-limit state per account, in Postgres when there is one: shared by its streams and processes.
+    governor = AccountGovernor(engine, account) if engine is not None else Governor()
     if account.provider is Provider.X:
         token, refresh = token_getter(account, lookup), None
         if account.oauth is not None:
@@ -91,11 +97,16 @@ def build_client(account: Account, http: httpx.Client, lookup: TokenLookup = env
             manager = XOAuth(account, engine, http, lambda name: lookup(name) if name else None)
             token, refresh = manager.access_token, manager.refresh
         discovered = known_conversations(engine, account.key) if engine is not None else None
-        return XClient(account, http, token, policy=policy, known_conversations=discovered, refresh=refresh)
+        if windows is None:
+            settings = load_settings()
+            windows = Windows(settings.x_inbox_window_days, settings.x_conversation_window_days)
+        return XClient(account, http, token, policy=policy, known_conversations=discovered, refresh=refresh,
+                       governor=governor, windows=windows)
     if account.provider is Provider.XQUIK:
         return XquikClient(account, http, required(account, account.token_env, "Xquik API key", lookup),
-                           policy=policy, stored_user_id=stored_user_id(engine, "xquik") if engine else None)
+                           policy=policy, stored_user_id=stored_user_id(engine, "xquik") if engine else None,
+                           governor=governor)
     if account.provider is Provider.GETXAPI:
         return GetXApiClient(account, http, required(account, account.token_env, "GetXAPI API key", lookup),
-                             lambda name: lookup(name) if name else None, policy=policy)
+                             lambda name: lookup(name) if name else None, policy=policy, governor=governor)
     raise ConfigError(f"provider {account.provider.value!r} of account {account.key!r} is not supported")

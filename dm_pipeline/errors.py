@@ -95,3 +95,26 @@ class PageCommitError(Exception):
                                        constraint and f"constraint {constraint}"]))
         super().__init__(f"page commit failed for account={account_key} stream={stream_key}: {what} "
                          "(row values withheld: they hold message text)")
+
+
+class BudgetExhausted(ProviderError):
+    """The next request could exceed the account's daily budget: park, no request spent."""
+
+    error_code = "budget_exhausted"
+
+
+# Codes that describe the account, not one stream: the first stream that meets one ends the account's run
+# (its remaining streams are recorded as skipped with this code, without a request). Everything else (a
+# conversation the account may not read, a malformed page) stays the stream's own.
+ACCOUNT_LEVEL_CODES = frozenset({
+    # credentials
+    "unauthorized", "token_expired", "refresh_rejected", "refresh_failed", "refresh_unparseable",
+    "unauthenticated", "invalid_api_key", "invalid_auth_token", "unsupported_authentication", "config_error",
+    # the connected account
+    "account_needs_reauth", "account_restricted", "account_not_found", "account_required",
+    # the bill or the app
+    "no_credits", "no_subscription", "subscription_inactive", "insufficient_credits", "usage_capped",
+    "client_forbidden", "client_not_enrolled", "budget_exhausted",
+    # the provider's host is unreachable after every retry: the next stream would spend the same retries
+    "transport_error",
+})

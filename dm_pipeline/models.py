@@ -20,6 +20,8 @@ class StreamStatus(enum.StrEnum):
     RATE_LIMITED = "rate_limited"    # the provider's wait exceeds the budget: parked, not failed
     FAILED = "failed"                # typed provider error: committed pages kept, pass kept
     SKIPPED_LOCKED = "skipped_locked"  # another run holds this account x stream
+    SKIPPED = "skipped"              # an account-level failure earlier in the run: no request spent
+    BUDGET_EXHAUSTED = "budget_exhausted"  # the account's daily budget would be exceeded: parked
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,12 @@ class Account:
     ct0_env: str | None = None
     twid_env: str | None = None
     tabs: tuple[str, ...] = ("all", "requests", "hidden")
+    # Cost: an optional cap on what the account may spend per rolling 24 hours (X: requests, Xquik: credits,
+    # GetXAPI: calls); billed providers' idle streams back off after `poll_backoff_after` empty polls, up to
+    # `max_poll_interval_s` between polls (0 disables the backoff).
+    daily_budget: int | None = None
+    max_poll_interval_s: int = 3600
+    poll_backoff_after: int = 2
 
 
 @dataclass(frozen=True)
@@ -63,6 +71,10 @@ class Stream:
     endpoint: str             # path template, for the audit, e.g. "/2/dm_events"
     path: str                 # the validated concrete path
     retention_window_days: int | None = None   # /2/dm_events only returns 30 days
+    # X conversation streams: the stream that brings their new events too (the inbox), and its window.
+    # Once a conversation's history is complete it is dormant while that stream is current.
+    vouched_by: str | None = None
+    vouching_window_days: int | None = None
 
 
 @dataclass(slots=True)
@@ -152,6 +164,7 @@ class Page:
     conversation_events: tuple[ConversationEventRow, ...] = ()
     credits: int = 0          # provider credits this page cost (Xquik: 1 per message returned)
     quarantined: tuple[QuarantinedEvent, ...] = ()
+    partial_errors: int = 0   # entries of a 200 response's `errors` array that came with data
 
 
 @dataclass
@@ -170,6 +183,8 @@ class StreamResult:
     error_code: str | None = None
     http_status: int | None = None
     gap_suspected: bool = False
+    cost: int = 0                        # what the provider bills (X requests, Xquik credits, GetXAPI calls)
+    retry_at: datetime | None = None     # parked (rate limit, budget): when the account is tried again
 
     @property
     def unchanged(self) -> int:
@@ -182,11 +197,13 @@ class SyncResult:
     provider: str
     run_id: str
     streams: list[StreamResult] = field(default_factory=list)
+    dormant: list[str] = field(default_factory=list)   # X conversation streams the inbox vouched for
+    not_due: list[str] = field(default_factory=list)   # billed streams backing off: not polled this run
 
     @property
     def status(self) -> StreamStatus:
-        order = [StreamStatus.FAILED, StreamStatus.RATE_LIMITED, StreamStatus.PARTIAL,
-                 StreamStatus.SKIPPED_LOCKED, StreamStatus.SUCCEEDED]
+        order = [StreamStatus.FAILED, StreamStatus.RATE_LIMITED, StreamStatus.BUDGET_EXHAUSTED,
+                 StreamStatus.PARTIAL, StreamStatus.SKIPPED_LOCKED, StreamStatus.SKIPPED, StreamStatus.SUCCEEDED]
         statuses = {s.status for s in self.streams}
         return next((s for s in order if s in statuses), StreamStatus.SUCCEEDED)
 

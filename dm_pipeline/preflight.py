@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from sqlalchemy import Engine, text
@@ -30,6 +31,9 @@ from dm_pipeline.accounts import (
 from dm_pipeline.errors import ConfigError
 from dm_pipeline.models import Account, Provider
 from dm_pipeline.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from cryptography.fernet import Fernet
 
 Lookup = Callable[[str], str | None]
 NUMERIC_SETTINGS: dict[str, tuple[type, float, str]] = {
@@ -123,12 +127,57 @@ def ensure_schema(engine: Engine, settings: Settings, *, migrate: bool) -> None:
                       f"{', '.join(sorted(heads))}. Fix: dm-pipeline db upgrade")
 
 
-def stored_oauth_tokens(engine: Engine) -> set[str]:
-    """Account keys whose OAuth tokens already live (encrypted) in Postgres."""
+@dataclass(frozen=True)
+class StoredTokens:
+    """One account's stored OAuth pair, still encrypted (never shown: no repr)."""
+
+    access_enc: bytes = field(repr=False)
+    refresh_enc: bytes | None = field(repr=False)
+
+    def decrypts_with(self, fernet: Fernet) -> bool:
+        from cryptography.fernet import InvalidToken
+
+        try:
+            for enc in (self.access_enc, self.refresh_enc):
+                if enc is not None:
+                    fernet.decrypt(enc)
+        except InvalidToken:
+            return False
+        return True
+
+
+def stored_oauth_tokens(engine: Engine) -> dict[str, StoredTokens]:
+    """The accounts whose OAuth tokens already live (encrypted) in Postgres, by key: with the ciphertexts,
+    so that check_environment can tell whether DM_PIPELINE_TOKEN_KEY still decrypts them."""
     with engine.connect() as conn:
         if conn.scalar(text("SELECT to_regclass('dm_private.oauth_tokens')")) is None:
-            return set()
-        return set(conn.scalars(text("SELECT account_key FROM dm_private.oauth_tokens")))
+            return {}
+        rows = conn.execute(text("SELECT account_key, access_token_enc, refresh_token_enc "
+                                 "FROM dm_private.oauth_tokens")).all()
+    return {key: StoredTokens(bytes(access), bytes(refresh) if refresh is not None else None)
+            for key, access, refresh in rows}
+
+
+def check_token_key(accounts: Iterable[Account], stored: Mapping[str, StoredTokens], fernet: Fernet) -> None:
+    """The selected X accounts with `oauth` whose pair is stored: the key must decrypt it, else the sync
+    would fail every stream of theirs with config_error. One ConfigError naming them and both fixes."""
+    unreadable = [a for a in accounts if a.provider is Provider.X and a.oauth is not None and a.key in stored
+                  and not stored[a.key].decrypts_with(fernet)]
+    if not unreadable:
+        return
+    keys = [a.key for a in unreadable]
+    named = f"account {keys[0]!r}" if len(keys) == 1 else "accounts " + ", ".join(repr(k) for k in keys)
+    quoted = ", ".join("'" + k.replace("'", "''") + "'" for k in keys)
+    where = f"= {quoted}" if len(keys) == 1 else f"IN ({quoted})"
+    fresh = list(dict.fromkeys(n for a in unreadable for n in (a.token_env, a.oauth and a.oauth.refresh_token_env)
+                               if n))
+    raise ConfigError(
+        f"{TOKEN_KEY_ENV} does not decrypt the OAuth tokens stored for {named} in dm_private.oauth_tokens: they "
+        "were written with another key (no key or token is shown). Fix: export the key they were written with "
+        f"as {TOKEN_KEY_ENV} (after a key rotation, the old key); or forget the stored "
+        f"pair{'s' if len(keys) > 1 else ''}, dm-pipeline db psql -c \"DELETE FROM dm_private.oauth_tokens WHERE "
+        f"account_key {where}\", and export fresh tokens of a new authorization"
+        + (f" ({', '.join(fresh)})" if fresh else ""))
 
 
 # ---------------------------------------------------------------- accounts and environment
@@ -182,9 +231,12 @@ def missing_hint(settings: Settings, accounts: Iterable[Account]) -> Callable[[E
 
 
 def check_environment(accounts: list[Account], settings: Settings, source: Path, *, lookup: Lookup = env_lookup,
-                      provided: Iterable[str] = (), stored_oauth: Iterable[str] = ()) -> None:
+                      provided: Iterable[str] = (),
+                      stored_oauth: Iterable[str] | Mapping[str, StoredTokens] = ()) -> None:
     """Every variable the accounts need is set (or will be, by the simulator), well-formed where we can
-    tell; else one ConfigError naming the first missing one, its line in `source` and the fix."""
+    tell; else one ConfigError naming the first missing one, its line in `source` and the fix.
+    `stored_oauth`: the keys of the accounts with stored OAuth tokens; given as stored_oauth_tokens()
+    returns it, the token key must also decrypt the selected accounts' stored tokens (check_token_key)."""
     missing = missing_env(accounts, lookup, stored_oauth=stored_oauth, provided=provided)
     if missing:
         raise ConfigError(describe_missing(missing, source, missing_hint(settings, accounts)))
@@ -192,12 +244,14 @@ def check_environment(accounts: list[Account], settings: Settings, source: Path,
         from cryptography.fernet import Fernet
 
         try:
-            Fernet((lookup(TOKEN_KEY_ENV) or "").encode())
+            fernet = Fernet((lookup(TOKEN_KEY_ENV) or "").encode())
         except ValueError:
             raise ConfigError(f"{TOKEN_KEY_ENV} is not a valid Fernet key (44 url-safe base64 characters; the value "
                               f"is not shown). Fix: export {TOKEN_KEY_ENV}=$(python -c 'from cryptography.fernet "
                               "import Fernet; print(Fernet.generate_key().decode())'), or restore the key the stored "
                               "tokens were written with") from None
+        if isinstance(stored_oauth, Mapping):
+            check_token_key(accounts, stored_oauth, fernet)
     lines = field_lines(source)
     for account in accounts:
         if account.provider is Provider.GETXAPI and account.twid_env:
@@ -218,7 +272,8 @@ class Selection:
     accounts: list[Account]
     simulator_credentials: dict[str, str]
 
-    def check_environment(self, *, lookup: Lookup = env_lookup, stored_oauth: Iterable[str] = ()) -> None:
+    def check_environment(self, *, lookup: Lookup = env_lookup,
+                          stored_oauth: Iterable[str] | Mapping[str, StoredTokens] = ()) -> None:
         check_environment(self.accounts, self.settings, self.source, lookup=lookup,
                           provided=self.simulator_credentials, stored_oauth=stored_oauth)
 

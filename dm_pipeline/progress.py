@@ -2,10 +2,15 @@
 retry waits) with rich.progress on a terminal; plain, append-only lines when stdout is not a terminal (CI,
 a pipe, a log file). Counts, IDs and statuses only: never message text, never tokens.
 
-Fed by the engine's hooks: `on_page` after every committed page, `on_done` when an account finishes, and
-the HTTP policy's `sleep`, wrapped per account (`policy_for`), for the waits. A wait happens while the
-next page of some stream is being fetched, so it is credited to the stream whose page arrives next (or,
-when none does, to the stream that then failed or parked).
+Fed by the engine's hooks: `on_stream_start` before each stream of an account, `on_page` after every
+committed page, `on_done` when an account finishes, and the HTTP policy's `sleep`, wrapped per account
+(`policy_for`), for the waits. The streams of one account run one after the other on one thread, so a wait
+belongs to the stream the account most recently started: a stream that failed or parked, with or without
+pages, shows its own waits, and the next stream does not inherit them.
+
+An engine that does not call `on_stream_start` gets the older, approximate rule: a wait is credited to the
+stream whose page is committed next (or, when none is, to the stream that then failed or parked), which
+credits a failed stream's waits to the next stream that commits a page.
 """
 
 from __future__ import annotations
@@ -69,8 +74,9 @@ class SyncProgress:
         self._lock = threading.Lock()
         self.waits: dict[str, Waits] = {}             # per account: every wait
         self.stream_waits: dict[Ident, Waits] = {}    # per stream: the waits credited to it
-        self._pending: dict[str, Waits] = {}          # per account: waits not credited yet
-        self._current: dict[str, Ident] = {}          # per account: the stream that last committed a page
+        self._pending: dict[str, Waits] = {}          # per account: waits not credited yet (no stream started)
+        self._running: dict[str, Ident] = {}          # per account: the stream started last (on_stream_start)
+        self._current: dict[str, Ident] = {}          # per account: the stream shown as running
         self._tasks: dict[Ident, TaskID] = {}
         self._progress = Progress(
             SpinnerColumn(finished_text=" "),
@@ -104,18 +110,47 @@ class SyncProgress:
         def sleep(seconds: float) -> None:
             with self._lock:
                 self.waits[key].add(Waits(1, seconds))
-                self._pending[key].add(Waits(1, seconds))
+                running = self._running.get(key)
+                if running is not None:  # called on the account's thread, so during this stream
+                    credited = self.stream_waits.setdefault(running, Waits())
+                else:
+                    credited = self._pending.setdefault(key, Waits())
+                credited.add(Waits(1, seconds))
+                label = credited.label() if running is not None else None
                 total = self.waits[key].count
                 shown = self._current.get(key, (key, "…"))
             if self.live:
-                self._update(shown, note=f"waiting {seconds:.0f}s (rate limit / retry)…")
+                waits = {} if label is None else {"waits": label}
+                self._update(shown, note=f"waiting {seconds:.0f}s (rate limit / retry)…", **waits)
             elif seconds >= NOISY_WAIT_S:
-                click.echo(f"{key}  waiting {seconds:.0f}s (rate limit / retry; wait {total} of this account)")
+                where = f"{key}  {running[1]}" if running is not None else key
+                click.echo(f"{where}  waiting {seconds:.0f}s (rate limit / retry; wait {total} of this account)")
             self._sleep(seconds)
             if self.live:
                 self._update(shown, note="")
 
         return RetryPolicy(sleep=sleep)
+
+    def on_stream_start(self, account_key: str, stream_key: str) -> None:
+        """The engine starts a stream of the account (before its first request): the waits from now until
+        the next start are this stream's. Called on the account's thread, like the fetches."""
+        ident = (account_key, stream_key)
+        with self._lock:
+            previous = self._current.get(account_key)
+            self._running[account_key] = self._current[account_key] = ident
+            waits = self.stream_waits.setdefault(ident, Waits())
+            # Waits of an engine that reported no start before this one: during the stream shown, if any.
+            earlier = self._pending.pop(account_key, Waits())
+            if earlier.count:
+                self.stream_waits.setdefault(previous or ident, Waits()).add(earlier)
+            placeholder = self._tasks.pop((account_key, "…"), None)
+        if not self.live:
+            return
+        if placeholder is not None:
+            self._progress.remove_task(placeholder)
+        if previous and previous != ident and previous[1] != "…":
+            self._finish(previous, "")  # its outcome is shown by on_done
+        self._update(ident, waits=waits.label(), note="")
 
     def on_page(self, s: StreamResult) -> None:
         ident = (s.account_key, s.stream_key)
@@ -123,8 +158,8 @@ class SyncProgress:
             previous = self._current.get(s.account_key)
             self._current[s.account_key] = ident
             waits = self.stream_waits.setdefault(ident, Waits())
-            waits.add(self._pending.pop(s.account_key, Waits()))
-            self._pending[s.account_key] = Waits()
+            if self._running.get(s.account_key) is None:  # no stream starts reported: the approximate rule
+                waits.add(self._pending.pop(s.account_key, Waits()))
             placeholder = self._tasks.pop((s.account_key, "…"), None)
         if not self.live:
             return
@@ -136,6 +171,7 @@ class SyncProgress:
 
     def on_done(self, result: SyncResult) -> None:
         with self._lock:
+            self._running.pop(result.account_key, None)
             leftover = self._pending.pop(result.account_key, Waits())
             if leftover.count and result.streams:
                 blamed = next((s for s in result.streams if s.status in {StreamStatus.FAILED,

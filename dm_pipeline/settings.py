@@ -24,6 +24,9 @@ class Settings:
     page_budget: int             # pages per stream per run; a spent budget parks the pass
     time_budget_s: float         # wall time per account per run, incl. rate-limit waits
     write_ahead: int             # pages fetched ahead of their commit (0: each committed before the next fetch)
+    poll_interval_s: float = 900.0          # the schedule's interval: billed streams back off from it
+    x_inbox_window_days: int | None = 30    # days of events /2/dm_events serves
+    x_conversation_window_days: int | None = None  # days the conversation routes serve (None: all history)
 
     @property
     def pgdata(self) -> Path:
@@ -40,7 +43,18 @@ def load_settings() -> Settings:
         page_budget=int(_number("DM_PIPELINE_PAGE_BUDGET", "10000", int, minimum=1)),
         time_budget_s=_number("DM_PIPELINE_TIME_BUDGET_S", "600", float, minimum=0),
         write_ahead=int(_number("DM_PIPELINE_WRITE_AHEAD", "8", int, minimum=0)),
+        poll_interval_s=_number("DM_PIPELINE_POLL_INTERVAL_S", "900", float, minimum=1),
+        x_inbox_window_days=_days("DM_PIPELINE_X_INBOX_WINDOW_DAYS", "30"),
+        x_conversation_window_days=_days("DM_PIPELINE_X_CONVERSATION_WINDOW_DAYS", ""),
     )
+
+
+def _days(name: str, default: str) -> int | None:
+    """A retention window in days; empty or `none` means the endpoint serves the whole history."""
+    raw = os.environ.get(name, default).strip()
+    if raw.lower() in {"", "none"}:
+        return None
+    return int(_number(name, raw, int, minimum=1))
 
 
 def _number(name: str, default: str, kind: type[int] | type[float], *, minimum: float) -> float:

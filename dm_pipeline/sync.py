@@ -10,16 +10,20 @@ pages not yet committed (`write_ahead` + 1) of refetching and never leaves a gap
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from dm_pipeline.committer import PageCommitter
 from dm_pipeline.db import writes
+from dm_pipeline.db.account_state import AccountGovernor
 from dm_pipeline.db.writes import AuditEntry, PageWrite, StreamState
 from dm_pipeline.errors import (
+    BudgetExhausted,
     CursorLoop,
     DatabaseUnavailable,
     DmPipelineError,
@@ -27,9 +31,11 @@ from dm_pipeline.errors import (
     ProviderError,
     RateLimited,
 )
+from dm_pipeline.gate import BILLED, AccountGate, failed_cost, next_poll, page_cost, wait_now
 from dm_pipeline.http.policy import Budget
-from dm_pipeline.models import Page, Stream, StreamResult, StreamStatus, SyncResult
+from dm_pipeline.models import Page, Provider, Stream, StreamResult, StreamStatus, SyncResult
 from dm_pipeline.providers.base import ProviderClient
+from dm_pipeline.providers.x_api import INBOX_KEY
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +47,14 @@ class RunLimits:
     max_empty_pages: int = 5         # consecutive empty pages that still carry a cursor
     sweep: bool = False              # re-walk whole streams to refresh edits
     write_ahead: int = 8             # pages fetched ahead of the commits (0: commit each before the next fetch)
+    poll_interval_s: float = 900.0   # the schedule's interval: billed streams back off from it
+    max_wait_s: float = 900.0        # the longest rate-limit wait ever slept (RetryPolicy.max_hinted_wait_s)
+    max_cursor_restarts: int = 3     # expired cursors per stream per run, each after a successful page
+    clock: Callable[[], datetime] = field(default=writes.utcnow)   # dormancy, backoff and windows
 
 
 PageHook = Callable[[StreamResult], None]
+StreamStartHook = Callable[[str, str], None]  # (account key, stream key), before a stream's first request
 
 
 def _max_id(a: str | None, b: str | None) -> str | None:
@@ -53,19 +64,52 @@ def _max_id(a: str | None, b: str | None) -> str | None:
 
 
 def sync_account(engine: Engine, client: ProviderClient, run_id: str, limits: RunLimits = RunLimits(),
-                 on_page: PageHook | None = None) -> SyncResult:
+                 on_page: PageHook | None = None, on_stream_start: StreamStartHook | None = None) -> SyncResult:
+    """Every stream of the account that needs a request, in order, under one gate (gate.py): dormant and
+    not-due streams cost nothing, and an account-level failure or limit ends the account's run."""
     budget = Budget.of(limits.time_budget_s)
     account = client.account
     result = SyncResult(account_key=account.key, provider=account.provider.value, run_id=run_id)
-    for stream in client.streams():
-        result.streams.append(sync_stream(engine, client, stream, run_id, limits, budget, on_page))
+    gate = AccountGate.open(engine, account, sweep=limits.sweep, now=limits.clock(), max_wait_s=limits.max_wait_s)
+    governor = getattr(client, "governor", None)
+    try:
+        for stream in client.streams():
+            if gate.idle(stream):
+                continue
+            if isinstance(governor, AccountGovernor) and result.streams:
+                governor.load()  # another process of this account may have learnt the window meanwhile
+            if gate.park(stream, budget, wait_now(governor)):
+                park = gate.parked
+                assert park is not None
+                result.streams.append(StreamResult(account.key, stream.key, status=park.status,
+                                                   error_code=park.error_code, retry_at=park.retry_at))
+                continue
+            if on_stream_start:
+                on_stream_start(account.key, stream.key)
+            res = sync_stream(engine, client, stream, run_id, limits, budget, on_page, gate)
+            result.streams.append(res)
+            gate.after(stream, res)
+            if any(k != stream.key for k in gate.states) and _vouches(stream):
+                gate.refresh(stream.key)
+                if res.gap_suspected:
+                    gate.wake([k for k in gate.states if k != stream.key])
+    finally:
+        if isinstance(governor, AccountGovernor):
+            governor.save()
+        gate.close(run_id)
+    result.dormant, result.not_due = gate.dormant, gate.not_due
     return result
 
 
+def _vouches(stream: Stream) -> bool:
+    """The X inbox vouches for the account's conversation streams (see gate.py)."""
+    return stream.key == INBOX_KEY and stream.vouched_by is None
+
+
 def sync_stream(engine: Engine, client: ProviderClient, stream: Stream, run_id: str, limits: RunLimits,
-                budget: Budget, on_page: PageHook | None = None) -> StreamResult:
+                budget: Budget, on_page: PageHook | None = None, gate: AccountGate | None = None) -> StreamResult:
     try:
-        return _sync_stream(engine, client, stream, run_id, limits, budget, on_page)
+        return _sync_stream(engine, client, stream, run_id, limits, budget, on_page, gate)
     except (OperationalError, InterfaceError) as exc:
         if not writes.connection_lost(exc):
             raise
@@ -76,8 +120,10 @@ def sync_stream(engine: Engine, client: ProviderClient, stream: Stream, run_id: 
 
 
 def _sync_stream(engine: Engine, client: ProviderClient, stream: Stream, run_id: str, limits: RunLimits,
-                 budget: Budget, on_page: PageHook | None = None) -> StreamResult:
+                 budget: Budget, on_page: PageHook | None, gate: AccountGate | None) -> StreamResult:
     account = client.account
+    gate = gate or AccountGate.open(engine, account, sweep=limits.sweep, now=limits.clock(),
+                                    max_wait_s=limits.max_wait_s)
     res = StreamResult(account_key=account.key, stream_key=stream.key)
     started = writes.utcnow()
     with writes.stream_lock(engine, account.key, stream.key) as locked:
@@ -91,17 +137,20 @@ def _sync_stream(engine: Engine, client: ProviderClient, stream: Stream, run_id:
         try:
             with engine.connect() as conn:
                 state = writes.read_state(conn, account.key, stream.key)
-            state = _walk(client, stream, state, run_id, limits, budget, res, committer, on_page)
+            state = _walk(client, stream, state, run_id, limits, budget, res, committer, on_page, gate)
         finally:
             committer.close(raise_error=False)
             _account(res, committer, on_page)
             res.commits = committer.transactions
         committer.close()  # a failed commit fails the stream here, after the pages before it were counted
+        if res.status is StreamStatus.SUCCEEDED and not limits.sweep and account.provider in BILLED:
+            state = next_poll(state, res.inserted + res.updated > 0, gate.now, limits.poll_interval_s, account)
         res.high_water_id, res.pass_cursor = state.high_water_id, state.pass_cursor
         writes.finish_stream(engine, account, stream, state, AuditEntry(
             run_id=run_id, row_kind="job", job_status=res.status.value, started_at=started,
             requests=res.requests, events_received=res.received, http_status=res.http_status,
-            error_code=res.error_code, gap_suspected=res.gap_suspected, cursor_out=state.pass_cursor))
+            error_code=res.error_code, gap_suspected=res.gap_suspected, cursor_out=state.pass_cursor,
+            cost=res.cost, retry_at=res.retry_at))
     log.info("stream done account=%s stream=%s status=%s pages=%d requests=%d inserted=%d updated=%d",
              account.key, stream.key, res.status, res.pages, res.requests, res.inserted, res.updated)
     return res
@@ -112,6 +161,7 @@ def _account(res: StreamResult, committer: PageCommitter, on_page: PageHook | No
     for write, inserted, updated in committer.committed():
         res.pages += 1
         res.requests += write.audit.requests
+        res.cost += write.audit.cost
         res.received += write.audit.events_received
         res.inserted += inserted
         res.updated += updated
@@ -120,15 +170,18 @@ def _account(res: StreamResult, committer: PageCommitter, on_page: PageHook | No
 
 
 def _walk(client: ProviderClient, stream: Stream, state: StreamState, run_id: str, limits: RunLimits,
-          budget: Budget, res: StreamResult, committer: PageCommitter, on_page: PageHook | None) -> StreamState:
+          budget: Budget, res: StreamResult, committer: PageCommitter, on_page: PageHook | None,
+          gate: AccountGate) -> StreamState:
     # A pass left open by an earlier run is finished first; then one fresh pass picks up whatever
     # arrived meanwhile, so a run always ends current (when its budget allows).
     resumed = state.pass_open and not (limits.sweep and not state.pass_sweep)
     if not resumed:
         state = state.start_pass(sweep=limits.sweep)
+    provider = client.account.provider
     seen_cursors = {state.pass_cursor} if state.pass_cursor else set()
     empty_streak = 0
-    restarted = False
+    restarts = 0
+    paged_since_restart = True
     fetched = 0
     while True:
         _account(res, committer, on_page)
@@ -137,31 +190,45 @@ def _walk(client: ProviderClient, stream: Stream, state: StreamState, run_id: st
             res.status = StreamStatus.PARTIAL
             return state
         cursor_in = state.pass_cursor
+        if cursor_in is None:
+            # The top page is as fresh as a new pass's: a resumed pass that starts (or restarts) here needs
+            # no second pass after it.
+            resumed = False
         page_started = writes.utcnow()
         try:
+            gate.check_budget()
             page = client.fetch_page(stream, cursor_in, budget)
         except InvalidCursor as exc:
-            res.requests += exc.requests
-            if cursor_in is None or restarted:
+            _charge(res, gate, provider, exc.requests)
+            if cursor_in is None or not paged_since_restart or restarts >= limits.max_cursor_restarts:
                 return _fail(res, exc, state)
             # An expired cursor: restart the pass from the top, same stop_id; the upsert absorbs overlap.
-            restarted = True
+            restarts += 1
+            paged_since_restart = False
             state = replace(state, pass_cursor=None)
             seen_cursors.clear()
             continue
         except RateLimited as exc:
-            res.requests += exc.requests
+            _charge(res, gate, provider, exc.requests)
             res.status, res.error_code, res.http_status = StreamStatus.RATE_LIMITED, exc.error_code, exc.http_status
+            res.retry_at = gate.now + timedelta(seconds=math.ceil(exc.wait_s)) if exc.wait_s else None
+            return state
+        except BudgetExhausted as exc:
+            res.status, res.error_code = StreamStatus.BUDGET_EXHAUSTED, exc.error_code
+            res.retry_at = gate.budget_frees_at()
             return state
         except ProviderError as exc:
-            res.requests += exc.requests
+            _charge(res, gate, provider, exc.requests)
             return _fail(res, exc, state)
         except DmPipelineError as exc:
             return _fail(res, exc, state)
 
+        paged_since_restart = True
+        cost = page_cost(provider, page)
+        gate.charge(cost)
         page_seq = state.pass_pages + 1
         stop = int(state.pass_stop_id) if state.pass_stop_id and not state.pass_sweep else None
-        state, done, gap = _advance(state, page, stream)
+        state, done, gap = _advance(state, page, stream, gate.now)
         keep = [e for e in page.events if stop is None or e.id_int > stop]
         ids = [e.message_id for e in page.events]
         loop = page.next_cursor is not None and page.next_cursor in seen_cursors
@@ -175,7 +242,7 @@ def _walk(client: ProviderClient, stream: Stream, state: StreamState, run_id: st
                                          for m in e.media or ()],
             newest_id=max(ids, key=int) if ids else None, oldest_id=min(ids, key=int) if ids else None,
             error_code="cursor_loop" if loop else None, gap_suspected=gap, credits=page.credits,
-            events_quarantined=len(page.quarantined),
+            events_quarantined=len(page.quarantined), cost=cost, partial_errors=page.partial_errors,
         )
         committer.submit(writes.prepare_page(client.account, stream, run_id, PageWrite(keep, state, audit, page)))
         fetched += 1
@@ -187,7 +254,7 @@ def _walk(client: ProviderClient, stream: Stream, state: StreamState, run_id: st
             err = ProviderError("too many consecutive empty pages", error_code="empty_page_loop")
             return _fail(res, err, state)
         if done and resumed:
-            resumed, restarted = False, False
+            resumed = False
             state = state.start_pass(sweep=False)
             seen_cursors.clear()
             continue
@@ -197,7 +264,15 @@ def _walk(client: ProviderClient, stream: Stream, state: StreamState, run_id: st
         seen_cursors.add(page.next_cursor)  # type: ignore[arg-type]
 
 
-def _advance(state: StreamState, page: Page, stream: Stream) -> tuple[StreamState, bool, bool]:
+def _charge(res: StreamResult, gate: AccountGate, provider: Provider, requests: int) -> None:
+    """Requests that brought no page: counted, and billed where the provider bills them."""
+    res.requests += requests
+    cost = failed_cost(provider, requests)
+    res.cost += cost
+    gate.charge(cost)
+
+
+def _advance(state: StreamState, page: Page, stream: Stream, now: datetime) -> tuple[StreamState, bool, bool]:
     """The state after committing `page`: (new state, pass done, gap suspected)."""
     newest = state.pass_newest_id
     for event in page.events:
@@ -208,13 +283,13 @@ def _advance(state: StreamState, page: Page, stream: Stream) -> tuple[StreamStat
     if not done:
         return replace(state, pass_cursor=page.next_cursor, pass_newest_id=newest,
                        pass_pages=state.pass_pages + 1), False, False
-    # Exhausted without meeting the old high-water mark: on a windowed endpoint, events between the
-    # oldest one returned and that mark may have aged out before we saw them.
-    gap = (not reached and stop is not None and stream.retention_window_days is not None
-           and not state.pass_sweep)
-    high_water = _max_id(state.high_water_id, newest)
-    closed = StreamState(high_water_id=high_water)
-    return closed, True, gap
+    # Exhausted without meeting the old high-water mark: on a windowed endpoint, events between the oldest
+    # one returned and that mark may have aged out before we saw them, unless the last successful pass
+    # started within the window (then everything older than the window was already seen by it).
+    window = stream.retention_window_days
+    gap = (not reached and stop is not None and window is not None and not state.pass_sweep
+           and (state.covered_at is None or state.covered_at <= now - timedelta(days=window)))
+    return state.close_pass(_max_id(state.high_water_id, newest), exhausted=not reached), True, gap
 
 
 def _fail(res: StreamResult, exc: DmPipelineError, state: StreamState) -> StreamState:

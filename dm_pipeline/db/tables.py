@@ -81,6 +81,26 @@ sync_state = Table(
     Column("last_status", Text),
     Column("last_error_code", Text),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=_now),
+    # A pass reached the start of the stream once (an X conversation stream may then go dormant).
+    Column("history_complete", Boolean, nullable=False, server_default=text("false")),
+    # Start of the last successful pass: every event created before it (within the window) was seen.
+    Column("covered_at", DateTime(timezone=True)),
+    # Billed providers: consecutive passes that found nothing new, and when the stream is due again.
+    Column("empty_polls", Integer, nullable=False, server_default=text("0")),
+    Column("next_poll_at", DateTime(timezone=True)),
+    schema=PRIVATE,
+)
+
+account_state = Table(
+    "account_state", metadata,
+    # One rate-limit state per account, shared by its streams and by concurrent processes.
+    Column("account_key", Text, primary_key=True),
+    Column("provider", Text, nullable=False),
+    Column("rl_limit", Integer),
+    Column("rl_remaining", Integer),
+    Column("rl_reset_at", DateTime(timezone=True)),
+    Column("limited_until", DateTime(timezone=True)),   # no request before this (429 Retry-After or window)
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=_now),
     schema=PRIVATE,
 )
 
@@ -92,6 +112,7 @@ oauth_tokens = Table(
     Column("refresh_token_enc", LargeBinary),
     Column("expires_at", DateTime(timezone=True)),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=_now),
+    Column("refresh_rejected_at", DateTime(timezone=True)),  # the stored refresh token is never posted again
     schema=PRIVATE,
 )
 
@@ -122,6 +143,10 @@ dm_sync_audit = Table(
     Column("error_code", Text),
     Column("gap_suspected", Boolean, nullable=False, server_default=text("false")),
     Column("credits", Integer, nullable=False, server_default=text("0")),  # Xquik: 1 per message returned
+    # What the provider bills: X requests, Xquik credits, GetXAPI calls.
+    Column("cost", Integer, nullable=False, server_default=text("0")),
+    Column("partial_errors", Integer, nullable=False, server_default=text("0")),  # 200 `errors` beside data
+    Column("retry_at", DateTime(timezone=True)),  # a parked stream: when the account is tried again
     Column("started_at", DateTime(timezone=True), nullable=False),
     Column("finished_at", DateTime(timezone=True), nullable=False, server_default=_now),
     CheckConstraint("row_kind IN ('page', 'job')", name="row_kind"),

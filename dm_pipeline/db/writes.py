@@ -40,10 +40,23 @@ class StreamState:
     pass_newest_id: str | None = None
     pass_pages: int = 0
     pass_sweep: bool = False
+    history_complete: bool = False          # a pass reached the start of the stream once
+    empty_polls: int = 0                    # billed providers: consecutive passes that found nothing new
+    next_poll_at: datetime | None = None    # billed providers: not polled before this (backoff)
+    # Read-only here (the statement maintains them): start of the last successful pass, last status.
+    covered_at: datetime | None = None
+    last_status: str | None = None
+    exists: bool = False
 
     def start_pass(self, sweep: bool) -> StreamState:
         return replace(self, pass_open=True, pass_cursor=None, pass_newest_id=None, pass_pages=0,
                        pass_sweep=sweep, pass_stop_id=None if sweep else self.high_water_id)
+
+    def close_pass(self, high_water_id: str | None, exhausted: bool) -> StreamState:
+        """The state after the pass's last page. A pass that ran out of pages reached the stream's start."""
+        return replace(self, high_water_id=high_water_id, pass_open=False, pass_cursor=None, pass_stop_id=None,
+                       pass_newest_id=None, pass_pages=0, pass_sweep=False,
+                       history_complete=self.history_complete or exhausted)
 
 
 @dataclass(frozen=True)
@@ -69,6 +82,9 @@ class AuditEntry:
     gap_suspected: bool = False
     credits: int = 0
     events_quarantined: int = 0
+    cost: int = 0
+    partial_errors: int = 0
+    retry_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -83,15 +99,25 @@ class PageWrite:
     params: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
 
-def read_state(conn: Connection, account_key: str, stream_key: str) -> StreamState:
-    row = conn.execute(select(sync_state).where(sync_state.c.account_key == account_key,
-                                                sync_state.c.stream_key == stream_key)).mappings().first()
-    if row is None:
-        return StreamState()
+def _state_of(row: Any) -> StreamState:
     return StreamState(high_water_id=row["high_water_id"], pass_open=row["pass_started_at"] is not None,
                        pass_cursor=row["pass_cursor"], pass_stop_id=row["pass_stop_id"],
                        pass_newest_id=row["pass_newest_id"], pass_pages=row["pass_pages"],
-                       pass_sweep=row["pass_sweep"])
+                       pass_sweep=row["pass_sweep"], history_complete=row["history_complete"],
+                       empty_polls=row["empty_polls"], next_poll_at=row["next_poll_at"],
+                       covered_at=row["covered_at"], last_status=row["last_status"], exists=True)
+
+
+def read_state(conn: Connection, account_key: str, stream_key: str) -> StreamState:
+    row = conn.execute(select(sync_state).where(sync_state.c.account_key == account_key,
+                                                sync_state.c.stream_key == stream_key)).mappings().first()
+    return StreamState() if row is None else _state_of(row)
+
+
+def read_states(conn: Connection, account_key: str) -> dict[str, StreamState]:
+    """Every stream state of an account, in one query (an X account may have a thousand conversations)."""
+    rows = conn.execute(select(sync_state).where(sync_state.c.account_key == account_key)).mappings()
+    return {row["stream_key"]: _state_of(row) for row in rows}
 
 
 # --- the event upsert: one prepared INSERT ... SELECT FROM json_to_recordset(page) ... ON CONFLICT ---------
@@ -119,7 +145,7 @@ _AUDIT_PAGE_COLUMNS: tuple[str, ...] = (
     "run_id", "account_key", "provider", "stream_key", "endpoint", "row_kind", "page_seq", "cursor_in",
     "cursor_out", "has_next_page", "http_status", "requests", "events_received", "message_ids", "media_refs",
     "newest_id", "oldest_id", "job_status", "error_code", "gap_suspected", "credits", "events_quarantined",
-    "started_at")
+    "started_at", "cost", "partial_errors", "retry_at")
 
 
 def _cast(column: str) -> str:
@@ -185,10 +211,11 @@ def page_json(events: Iterable[EventRow]) -> str:
 _UPSERT_STATE = f"""
 INSERT INTO {sync_state.fullname} AS s (account_key, stream_key, provider, endpoint, high_water_id, pass_started_at,
     pass_cursor, pass_stop_id, pass_newest_id, pass_pages, pass_sweep, last_status, last_error_code,
-    last_success_at, updated_at)
+    last_success_at, updated_at, history_complete, covered_at, empty_polls, next_poll_at)
 VALUES (%(account_key)s, %(stream_key)s, %(provider)s, %(endpoint)s, %(high_water_id)s,
         CASE WHEN %(pass_open)s THEN now() END, %(pass_cursor)s, %(pass_stop_id)s, %(pass_newest_id)s,
-        %(pass_pages)s, %(pass_sweep)s, %(status)s, %(error_code)s, CASE WHEN %(succeeded)s THEN now() END, now())
+        %(pass_pages)s, %(pass_sweep)s, %(status)s, %(error_code)s, CASE WHEN %(succeeded)s THEN now() END, now(),
+        %(history_complete)s, CASE WHEN %(closing)s THEN now() END, %(empty_polls)s, %(next_poll_at)s)
 ON CONFLICT (account_key, stream_key) DO UPDATE SET
     provider = EXCLUDED.provider, endpoint = EXCLUDED.endpoint, high_water_id = EXCLUDED.high_water_id,
     pass_started_at = CASE WHEN %(pass_open)s THEN coalesce(s.pass_started_at, now()) END,
@@ -197,7 +224,10 @@ ON CONFLICT (account_key, stream_key) DO UPDATE SET
     last_status = CASE WHEN %(set_status)s THEN EXCLUDED.last_status ELSE s.last_status END,
     last_error_code = CASE WHEN %(set_status)s THEN EXCLUDED.last_error_code ELSE s.last_error_code END,
     last_success_at = coalesce(EXCLUDED.last_success_at, s.last_success_at),
-    updated_at = now()"""
+    updated_at = now(), history_complete = EXCLUDED.history_complete,
+    -- the pass this page closes started at pass_started_at: every event created before then was seen
+    covered_at = CASE WHEN %(closing)s THEN coalesce(s.pass_started_at, now()) ELSE s.covered_at END,
+    empty_polls = EXCLUDED.empty_polls, next_poll_at = EXCLUDED.next_poll_at"""
 
 
 def write_state(conn: Connection, account: Account, stream: Stream, state: StreamState, *,
@@ -234,6 +264,7 @@ def _audit_values(account: Account, stream: Stream, entry: AuditEntry) -> dict[s
         "media_refs": _text_array(entry.media_refs), "newest_id": entry.newest_id, "oldest_id": entry.oldest_id,
         "job_status": entry.job_status, "error_code": entry.error_code, "gap_suspected": entry.gap_suspected,
         "credits": entry.credits, "events_quarantined": entry.events_quarantined, "started_at": entry.started_at,
+        "cost": entry.cost, "partial_errors": entry.partial_errors, "retry_at": entry.retry_at,
     }
 
 
@@ -337,7 +368,8 @@ def _state_params(account: Account, stream: Stream, state: StreamState) -> dict[
             "pass_cursor": state.pass_cursor, "pass_stop_id": state.pass_stop_id,
             "pass_newest_id": state.pass_newest_id, "pass_pages": state.pass_pages,
             "pass_sweep": state.pass_sweep, "set_status": False, "status": None, "error_code": None,
-            "succeeded": False}
+            "succeeded": False, "history_complete": state.history_complete, "closing": False,
+            "empty_polls": state.empty_polls, "next_poll_at": state.next_poll_at}
 
 
 def commit_pages(engine: Engine, account: Account, stream: Stream, run_id: str,
@@ -380,8 +412,10 @@ def _commit_pages(engine: Engine, account: Account, stream: Stream, run_id: str,
     users = _users_param(account.provider.value, (u for w in pages if w.page is not None for u in w.page.users))
     # The state row after the last page; and after any page that closes a pass within the group, so the
     # next pass gets its own pass_started_at (an open pass keeps the one it has).
-    states = [_state_params(account, stream, w.state) for w in pages[:-1] if not w.state.pass_open]
-    states.append(_state_params(account, stream, pages[-1].state))
+    # A page write whose state has no open pass is the one that closed its pass.
+    states = [{**_state_params(account, stream, w.state), "closing": True}
+              for w in pages[:-1] if not w.state.pass_open]
+    states.append({**_state_params(account, stream, pages[-1].state), "closing": not pages[-1].state.pass_open})
     with engine.begin() as conn:
         for write in pages:
             if write.page is not None and (write.page.conversations or write.page.quarantined

@@ -83,6 +83,7 @@ def dm_history_assets(context: dg.AssetExecutionContext, config: SyncConfig, war
     accounts = providers.accounts_for(context.partition_keys)
     sweep = config.sweep or context.run.tags.get(SWEEP_TAG, "").lower() in {"1", "true", "yes"}
     limits = RunLimits(max_pages=config.max_pages or settings.page_budget, time_budget_s=settings.time_budget_s,
+                       poll_interval_s=settings.poll_interval_s,
                        write_ahead=settings.write_ahead,
                        sweep=sweep)
     engine = warehouse.engine()

@@ -67,6 +67,10 @@ def send(client: httpx.Client, request: httpx.Request, *, map_error: ErrorMapper
         delay = hinted if hinted is not None else backoff(state)
         if delay > min(policy.max_hinted_wait_s, budget.remaining()):
             status = exc.http_status if isinstance(exc, ProviderError) else None
+            if governor is not None and status == 429:
+                # Parked: the account's one state learns the wait, so its other streams (and the next
+                # run, and other processes) know it is limited without asking again.
+                governor.hold_until(time.time() + delay)
             raise RateLimited(f"provider asks to wait {delay:.0f}s, more than the run's budget",
                               wait_s=delay, http_status=status, requests=attempts)
         return delay
@@ -88,16 +92,15 @@ def send(client: httpx.Client, request: httpx.Request, *, map_error: ErrorMapper
                                          error_code="transport_error", requests=attempts) from None
         info = parse_rate_limit(response.headers)
         if response.is_success:
-            # Only a success informs the governor: on a 429, Retry-After (else the reset) rules the retry.
             if governor is not None:
                 governor.observe(info)
             return Sent(response, attempts, info)
         if response.status_code in RETRYABLE_STATUS:
             code = "rate_limited" if response.status_code == 429 else "service_unavailable"
+            hint = wait_hint(response.headers, time.time(), use_reset=response.status_code == 429)
             raise TransientProviderError(f"HTTP {response.status_code} from {request.url.host}",
-                                         wait_hint_s=wait_hint(response.headers, time.time(),
-                                                             use_reset=response.status_code == 429),
-                                         http_status=response.status_code, error_code=code, requests=attempts)
+                                         wait_hint_s=hint, http_status=response.status_code, error_code=code,
+                                         requests=attempts)
         error = map_error(response)
         error.requests = attempts
         raise error
@@ -110,6 +113,8 @@ def send(client: httpx.Client, request: httpx.Request, *, map_error: ErrorMapper
     except TransientProviderError as exc:
         exc.requests = attempts
         if exc.http_status == 429:  # still limited after every retry: park, do not fail
+            if governor is not None and exc.wait_hint_s:
+                governor.hold_until(time.time() + exc.wait_hint_s)
             raise RateLimited(str(exc), wait_s=exc.wait_hint_s or 0.0, http_status=429,
                               requests=attempts) from None
         raise

@@ -41,12 +41,15 @@ def wait_hint(headers: Mapping[str, str], now: float, *, use_reset: bool = True)
 
 
 class Governor:
-    """Remembers the last rate-limit headers of one account (X shares one window across its DM routes)
-    and says how long to wait before the next request so that a sync within budget gets zero 429s."""
+    """Remembers the last rate-limit headers of one account (X shares one window across its DM routes) and
+    any `Retry-After` it was given, and says how long to wait before the next request so that a sync
+    within budget gets zero 429s. Shared by every stream of the account (see accountstate.AccountGovernor
+    for the copy in Postgres that concurrent processes share)."""
 
     def __init__(self, reserve: int = 0) -> None:
         self._lock = threading.Lock()
         self._info: RateLimitInfo | None = None
+        self._until: float | None = None  # epoch seconds: no request before (Retry-After)
         self._reserve = reserve  # requests to leave for other clients of the same account
 
     def observe(self, info: RateLimitInfo | None) -> None:
@@ -54,11 +57,23 @@ class Governor:
             with self._lock:
                 self._info = info
 
+    def hold_until(self, epoch: float) -> None:
+        """The provider asked for no request before `epoch` (a 429's Retry-After)."""
+        with self._lock:
+            self._until = max(self._until or 0.0, epoch)
+
     def wait_before_next(self, now: float) -> float:
         with self._lock:
-            info = self._info
-        if info is None or info.remaining is None or info.reset_at is None:
-            return 0.0
-        if info.remaining > self._reserve:
-            return 0.0
-        return max(0.0, info.reset_at - now + 1.0)  # +1 s: the reset header has 1-second resolution
+            info, until = self._info, self._until
+        wait = max(0.0, until - now) if until is not None else 0.0
+        if info is None or info.remaining is None or info.reset_at is None or info.remaining > self._reserve:
+            return wait
+        return max(wait, info.reset_at - now + 1.0)  # +1 s: the reset header has 1-second resolution
+
+    def snapshot(self) -> tuple[RateLimitInfo | None, float | None]:
+        with self._lock:
+            return self._info, self._until
+
+    def restore(self, info: RateLimitInfo | None, until: float | None) -> None:
+        with self._lock:
+            self._info, self._until = info, until

@@ -13,6 +13,7 @@ import orjson
 
 from dm_pipeline.errors import InvalidIdentifier
 from dm_pipeline.http.policy import Budget
+from dm_pipeline.http.ratelimit import Governor
 from dm_pipeline.models import Account, EventRow, Page, QuarantinedEvent, Stream, UserRow
 
 # Postgres refuses NUL in text and jsonb; lone surrogates cannot be encoded to UTF-8 at all.
@@ -25,6 +26,7 @@ _CANONICAL = orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT
 
 class ProviderClient(Protocol):
     account: Account
+    governor: Governor  # the account's one rate-limit state, shared by its streams
 
     def streams(self) -> Iterable[Stream]:
         """The account's streams, each with its own cursor. Iterated lazily by the engine, so a stream may

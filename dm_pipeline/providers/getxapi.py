@@ -122,7 +122,7 @@ class GetXApiClient:
         self._api_key = api_key
         self._secret = secret  # env-var name -> value (auth_token, ct0, twid)
         self._policy = policy or RetryPolicy()
-        self._governor = governor or Governor()
+        self.governor = governor or Governor()
 
     def streams(self) -> Iterator[Stream]:
         for tab in self.account.tabs:
@@ -146,7 +146,7 @@ class GetXApiClient:
             "POST", self.account.base_url + LIST, json=self._body(stream.path, cursor),
             headers={"Authorization": f"Bearer {self._api_key()}", "Accept": "application/json"})
         sent = send(self._http, request, map_error=map_error, policy=self._policy, budget=budget,
-                    governor=self._governor)
+                    governor=self.governor)
         try:
             body = sent.response.json()
         except ValueError:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -40,20 +41,42 @@ USER_FIELDS = "created_at,id,name,profile_image_url,protected,username,verified"
 TWEET_FIELDS = "author_id,created_at,id,text"
 
 CONVERSATION_ID_RE = re.compile(r"^([0-9]{1,19}-[0-9]{1,19}|[0-9]{15,19})$")
-INBOX = Stream(key="dm_events", endpoint="/2/dm_events", path="/2/dm_events", retention_window_days=30)
+INBOX_KEY = "dm_events"
+INBOX_ENDPOINT = "/2/dm_events"
 WITH_ENDPOINT = "/2/dm_conversations/with/:participant_id/dm_events"
 CONVERSATION_ENDPOINT = "/2/dm_conversations/:id/dm_events"
 
 
-def participant_stream(participant_id: str) -> Stream:
+@dataclass(frozen=True)
+class Windows:
+    """How many days of events each X endpoint serves (None: the whole history). X documents 30 days for
+    /2/dm_events; its newer docs can be read as applying them to the conversation routes too, hence
+    settings (DM_PIPELINE_X_INBOX_WINDOW_DAYS, DM_PIPELINE_X_CONVERSATION_WINDOW_DAYS)."""
+
+    inbox_days: int | None = 30
+    conversation_days: int | None = None
+
+
+def inbox_stream(windows: Windows = Windows()) -> Stream:
+    return Stream(key=INBOX_KEY, endpoint=INBOX_ENDPOINT, path=INBOX_ENDPOINT,
+                  retention_window_days=windows.inbox_days)
+
+
+def participant_stream(participant_id: str, windows: Windows = Windows()) -> Stream:
     pid = validate_id(participant_id, USER_ID_RE, "participant_id")
-    return Stream(key=f"with:{pid}", endpoint=WITH_ENDPOINT, path=f"/2/dm_conversations/with/{pid}/dm_events")
+    return Stream(key=f"with:{pid}", endpoint=WITH_ENDPOINT, path=f"/2/dm_conversations/with/{pid}/dm_events",
+                  retention_window_days=windows.conversation_days, vouched_by=INBOX_KEY,
+                  vouching_window_days=windows.inbox_days)
 
 
-def conversation_stream(conversation_id: str) -> Stream:
+def conversation_stream(conversation_id: str, windows: Windows = Windows()) -> Stream:
     cid = validate_id(conversation_id, CONVERSATION_ID_RE, "dm_conversation_id")
     return Stream(key=f"conversation:{cid}", endpoint=CONVERSATION_ENDPOINT,
-                  path=f"/2/dm_conversations/{cid}/dm_events")
+                  path=f"/2/dm_conversations/{cid}/dm_events", retention_window_days=windows.conversation_days,
+                  vouched_by=INBOX_KEY, vouching_window_days=windows.inbox_days)
+
+
+INBOX = inbox_stream()
 
 
 def _problem(response: httpx.Response) -> dict[str, Any]:
@@ -172,28 +195,29 @@ class XClient:
     def __init__(self, account: Account, http: httpx.Client, token: Callable[[], str],
                  policy: RetryPolicy | None = None, governor: Governor | None = None,
                  known_conversations: Callable[[], list[str]] | None = None,
-                 refresh: Callable[[], str] | None = None) -> None:
+                 refresh: Callable[[], str] | None = None, windows: Windows = Windows()) -> None:
         validate_id(account.user_id, USER_ID_RE, "user_id")
         self.account = account
         self._http = http
         self._token = token
         self._refresh = refresh  # OAuth 2.0: on a 401, refresh once and retry
         self._policy = policy or RetryPolicy()
-        self._governor = governor or Governor()  # X shares one window across its three DM routes
+        self.governor = governor or Governor()  # X shares one window across its three DM routes
         self._known_conversations = known_conversations
+        self._windows = windows
 
     def streams(self) -> Iterator[Stream]:
         """The inbox first; then listed participants and conversations, then (with `discover`) every
         conversation the inbox has stored so far — read only after the inbox synced in this run."""
-        yield INBOX
+        yield inbox_stream(self._windows)
         for pid in self.account.participant_ids:
-            yield participant_stream(pid)
+            yield participant_stream(pid, self._windows)
         ids = list(self.account.conversation_ids)
         if self.account.discover_conversations and self._known_conversations:
             ids += self._known_conversations()
         for cid in dict.fromkeys(ids):
             if CONVERSATION_ID_RE.fullmatch(cid):
-                yield conversation_stream(cid)
+                yield conversation_stream(cid, self._windows)
 
     @functools.cached_property
     def _fixed_query(self) -> str:
@@ -216,7 +240,7 @@ class XClient:
             headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
         )
         return send(self._http, request, map_error=map_error, policy=self._policy, budget=budget,
-                    governor=self._governor)
+                    governor=self.governor)
 
     def fetch_page(self, stream: Stream, cursor: str | None, budget: Budget) -> Page:
         try:

@@ -91,7 +91,7 @@ class XquikClient:
         self._http = http
         self._api_key = api_key
         self._policy = policy or RetryPolicy()
-        self._governor = governor or Governor()
+        self.governor = governor or Governor()
         self._partner_ids: dict[str, str] = {}
         self._stored_user_id = stored_user_id  # username -> ID from earlier lookups (dm_users)
         self._looked_up: list[UserRow] = []
@@ -104,7 +104,7 @@ class XquikClient:
         request = self._http.build_request("GET", self.account.base_url + path, params=params,
                                            headers={"x-api-key": self._api_key(), "Accept": "application/json"})
         return send(self._http, request, map_error=map_error, policy=self._policy, budget=budget,
-                    governor=self._governor)
+                    governor=self.governor)
 
     def _partner_id(self, partner: str, budget: Budget) -> tuple[str, int]:
         """(numeric ID, requests spent). A username costs one `GET /x/users/{id}` (and a credit) the first

@@ -18,6 +18,7 @@ def test_upgrade_check_downgrade_roundtrip(db_url: str) -> None:
     assert tables == {("dm_private", "dm_history"), ("dm_private", "sync_state"),
                       ("dm_private", "oauth_tokens"), ("dm_private", "dm_users"), ("dm_private", "dm_quarantine"),
                       ("dm_private", "dm_conversations"), ("dm_private", "dm_conversation_events"),
+                      ("dm_private", "account_state"),
                       ("dm_audit", "dm_sync_audit"), ("dm_audit", "dm_erasures")}
     assert set(inspect(engine).get_view_names(schema="dm_analytics")) == {
         "messages", "conversations", "daily_volume", "sync_health"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import uuid
+from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import Engine, text
@@ -121,6 +122,14 @@ def test_a_rate_limit_wait_beyond_the_budget_parks_the_pass_as_rate_limited(engi
     result = run_sync(engine, account, policy=RetryPolicy(sleep=lambda s: None),
                       limits=RunLimits(time_budget_s=60))
     assert result.status is StreamStatus.RATE_LIMITED
+    # The wait is the account's, stored: a run that starts before it ends asks nothing and says when.
+    requests_before = len(sim.request_log)
+    again = run_sync(engine, account)
+    assert again.status is StreamStatus.RATE_LIMITED and len(sim.request_log) == requests_before
+    retry_at = again.streams[0].retry_at
+    assert retry_at is not None and 3500 < (retry_at - datetime.now(UTC)).total_seconds() <= 3601
+    with engine.begin() as conn:  # the hour passes
+        conn.execute(text("UPDATE dm_private.account_state SET limited_until = now() - interval '1 second'"))
     assert run_sync(engine, account).status is StreamStatus.SUCCEEDED
     assert_equals_truth(engine, account.key, sim.world.truth(account.user_id))
 

@@ -226,3 +226,56 @@ def test_an_unknown_account_key_lists_the_known_ones(tmp_path: Path) -> None:
     assert [a.key for a in select_accounts(accounts, [], path)] == ["x-ada", "xq"]
     with pytest.raises(ConfigError, match=r"unknown account key 'nope' .*Known keys: x-ada, xq"):
         select_accounts(accounts, ["nope"], path)
+
+
+# ---------------------------------------------------------------- cost settings
+
+def test_cost_settings_default(tmp_path: Path) -> None:
+    (account,) = load_accounts(_write(tmp_path, GOOD))
+    assert (account.daily_budget, account.max_poll_interval_s, account.poll_backoff_after) == (None, 3600, 2)
+
+
+@pytest.mark.parametrize("budget", ["500", "{daily: 500}", '"500"', "${DM_UNSET_BUDGET_FOR_TEST:-500}"])
+def test_budget_is_a_number_or_a_daily_mapping(tmp_path: Path, budget: str) -> None:
+    (account,) = load_accounts(_write(tmp_path, GOOD + f"    budget: {budget}\n"))
+    assert account.daily_budget == 500
+
+
+def test_cost_settings_apply_to_every_provider(tmp_path: Path) -> None:
+    extra = "    budget: 7\n    max_poll_interval: 90s\n    poll_backoff_after: 4\n"
+    accounts = load_accounts(_write(tmp_path, GOOD + extra + XQUIK + extra + GETXAPI + extra))
+    assert [(a.daily_budget, a.max_poll_interval_s, a.poll_backoff_after) for a in accounts] == [(7, 90, 4)] * 3
+
+
+@pytest.mark.parametrize("value,seconds", [("30m", 1800), ("0", 0), ('"0"', 0), ("1h", 3600), ("120", 120),
+                                           ('"90s"', 90), ("2d", 172800), ("7d", 604800), ("1H", 3600)])
+def test_max_poll_interval_is_a_duration(tmp_path: Path, value: str, seconds: int) -> None:
+    (account,) = load_accounts(_write(tmp_path, GOOD + f"    max_poll_interval: {value}\n"))
+    assert account.max_poll_interval_s == seconds
+
+
+@pytest.mark.parametrize("text,expect", [
+    (GOOD + "    budget: 0\n", [":7:13:", "accounts[0].budget", "`budget` 0 is not a daily cost cap",
+                                "Fix: e.g. `budget: 500` or `budget: {daily: 500}`", "(account 'x-ada')"]),
+    (GOOD + "    budget: abc\n", [":7:13:", "`budget` 'abc' is not", ">= 1", "Fix:"]),
+    (GOOD + "    budget: {weekly: 3}\n", [":7:13:", "{'weekly': 3}", "`{daily: N}`", "Fix:"]),
+    (GOOD + "    budget: {daily: 0}\n", ["`budget`", "Fix:"]),
+    (GOOD + "    budget: {daily: 5, weekly: 3}\n", ["`budget`", "Fix:"]),
+    (GOOD + "    budget: true\n", ["`budget` True is not"]),
+    (GOOD + "    budget: 2.5\n", ["`budget` 2.5 is not"]),
+    (GOOD + "    max_poll_interval: 5x\n", [":7:24:", "accounts[0].max_poll_interval", "'5x'",
+                                           "duration from 0 to 7 days", "Fix: e.g. `max_poll_interval: 30m`"]),
+    (GOOD + "    max_poll_interval: -5\n", ["'-5'", "duration from 0 to 7 days"]),
+    (GOOD + "    max_poll_interval: -5m\n", ["'-5m'", "duration"]),
+    (GOOD + "    max_poll_interval: 8d\n", ["'8d'", "duration from 0 to 7 days"]),
+    (GOOD + "    max_poll_interval: 604801\n", ["'604801'", "7 days"]),
+    (GOOD + "    max_poll_interval: 1.5h\n", ["'1.5h'", "Fix:"]),
+    (GOOD + "    poll_backoff_after: 0\n", [":7:25:", "accounts[0].poll_backoff_after", " 0 is not",
+                                           "at least 1", "Fix: e.g. `poll_backoff_after: 2`"]),
+    (GOOD + "    poll_backoff_after: often\n", ["poll_backoff_after", "'often'", "whole number"]),
+    (GOOD + "    budjet: 5\n", ["unknown key `budjet`", "did you mean `budget`?"]),
+])
+def test_cost_setting_mistakes_are_explained(tmp_path: Path, text: str, expect: list[str]) -> None:
+    message = _error(tmp_path, text)
+    for fragment in expect:
+        assert fragment in message, message
