@@ -34,12 +34,20 @@ def reconciliation(engine: Engine, account_keys: list[str]) -> CheckOutcome:
 
 
 def freshness(engine: Engine, account_keys: list[str], max_lag_s: float) -> CheckOutcome:
+    """Every stream succeeded within `max_lag_s`, plus its own poll interval while a billed stream backs off
+    (it is not due before next_poll_at); a dormant X conversation stream is as fresh as its inbox."""
     sql = text("""
-        SELECT account_key, stream_key, extract(epoch FROM now() - last_success_at) AS lag_s
-        FROM dm_private.sync_state WHERE account_key = ANY(:keys)""")
+        SELECT s.account_key, s.stream_key,
+               extract(epoch FROM now() - CASE WHEN s.last_status = 'dormant' THEN i.last_success_at
+                                               ELSE s.last_success_at END) AS lag_s,
+               greatest(0, coalesce(extract(epoch FROM s.next_poll_at - s.updated_at), 0)) AS interval_s
+        FROM dm_private.sync_state s
+        LEFT JOIN dm_private.sync_state i ON i.account_key = s.account_key AND i.stream_key = 'dm_events'
+        WHERE s.account_key = ANY(:keys)""")
     with engine.connect() as conn:
         rows = list(conn.execute(sql, {"keys": account_keys}).mappings())
-    stale = [f"{r['account_key']}/{r['stream_key']}" for r in rows if r["lag_s"] is None or r["lag_s"] > max_lag_s]
+    stale = [f"{r['account_key']}/{r['stream_key']}" for r in rows
+             if r["lag_s"] is None or r["lag_s"] > max_lag_s + float(r["interval_s"])]
     lags = [float(r["lag_s"]) for r in rows if r["lag_s"] is not None]
     return CheckOutcome(not stale and bool(rows), {"streams": len(rows), "stale": stale,
                                                     "max_lag_s": round(max(lags), 1) if lags else None})

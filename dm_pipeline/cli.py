@@ -443,14 +443,21 @@ def sync(account_keys: tuple[str, ...], sweep: bool, max_pages: int | None, per_
     started = time.monotonic()
     with simulator_if_needed(settings, selection.accounts), SyncProgress(out, live=live) as progress:
         results = sync_accounts(engine, selection.accounts, run_id, limits, per_provider=per_provider,
-                                on_page=progress.on_page, on_done=progress.on_done, policy=progress.policy_for)
+                                on_page=progress.on_page, on_done=progress.on_done, policy=progress.policy_for,
+                                on_stream_start=progress.on_stream_start)
     streams = [s for r in results for s in r.streams]
     counts: dict[str, int] = {}
     for s in streams:
         counts[s.status.value] = counts.get(s.status.value, 0) + 1
     waits = sum(w.count for w in progress.waits.values())
     wait_s = sum(w.seconds for w in progress.waits.values())
-    click.echo(f"done: {len(streams)} stream(s): " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+    dormant, not_due = sum(len(r.dormant) for r in results), sum(len(r.not_due) for r in results)
+    if dormant:
+        counts["dormant"] = dormant
+    if not_due:
+        counts["not due"] = not_due
+    click.echo(f"done: {len(streams) + dormant + not_due} stream(s): "
+               + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
                + f"; {sum(s.pages for s in streams)} pages, {sum(s.received for s in streams)} events "
                f"({sum(s.inserted for s in streams)} new, {sum(s.updated for s in streams)} updated); "
                f"{waits} rate-limit/retry waits ({wait_s:.0f}s); {time.monotonic() - started:.1f}s")
@@ -476,12 +483,14 @@ def status(account_keys: tuple[str, ...]) -> None:
     """
     from dm_pipeline import preflight
     from dm_pipeline.accounts import load_accounts
-    from dm_pipeline.status import age, explain, since, stream_status
+    from dm_pipeline.status import account_costs, age, explain, since, stream_status
 
     settings = _settings()
     configured: list[str] = []
+    configured_accounts = []
     try:
-        configured = [a.key for a in load_accounts(settings.accounts_file)]
+        configured_accounts = load_accounts(settings.accounts_file)
+        configured = [a.key for a in configured_accounts]
     except ConfigError as exc:
         err.print(f"[yellow]warning:[/] {_escape(str(exc))} (showing what the database knows)", soft_wrap=True)
     unknown = [k for k in account_keys if k not in configured]
@@ -499,6 +508,10 @@ def status(account_keys: tuple[str, ...]) -> None:
         table.add_column(col, no_wrap=col in {"account", "stream", "high-water event"}, overflow="fold")
     for r in rows:
         state = f"{r.last_status or '—'} {since(r.last_run_at, now)}"
+        if r.last_status == "dormant":
+            state += " (the inbox keeps it current)"
+        if r.next_poll_at is not None and r.next_poll_at > now:
+            state += f"; idle {r.empty_polls}×, next poll in {age((r.next_poll_at - now).total_seconds())}"
         hw = "—" if not r.high_water_id else (
             f"{r.high_water_at:%Y-%m-%d %H:%M}" if r.high_water_at else f"id {r.high_water_id}")
         if r.gap_suspected:
@@ -514,7 +527,25 @@ def status(account_keys: tuple[str, ...]) -> None:
         if key not in synced and (not account_keys or key in account_keys):
             table.add_row(key, "—", "never synced", "—", "—", "—", "—")
     out.print(table)
-    current = {r.last_error_code for r in rows if r.last_error_code and r.last_status not in {None, "succeeded"}}
+    costs = account_costs(engine, settings.poll_interval_s, list(account_keys) or None)
+    if costs:
+        budgets = {a.key: a.daily_budget for a in configured_accounts}
+        cost_table = Table(title="cost per account: last 24 hours and forecast per day at the current schedule")
+        for col in ("account", "unit", "requests 24h", "cost 24h", "forecast / day", "budget / day", "streams",
+                    "rate limit"):
+            cost_table.add_column(col, no_wrap=True)
+        for c in costs:
+            limited = (f"limited, next try in {age((c.limited_until - now).total_seconds())}"
+                       if c.limited_until and c.limited_until > now else "—")
+            budget = budgets.get(c.account_key)
+            streams = f"{c.streams}" + (f" ({c.dormant} dormant)" if c.dormant else "") + (
+                f" ({c.backing_off} backing off)" if c.backing_off else "")
+            cost_table.add_row(c.account_key, c.unit, str(c.requests_24h), str(c.cost_24h),
+                               f"{c.forecast_per_day:,.0f}", str(budget) if budget is not None else "—", streams,
+                               limited)
+        out.print(cost_table)
+    current = {r.last_error_code for r in rows if r.last_error_code
+               and r.last_status not in {None, "succeeded", "dormant"}}
     if rows and not current:
         out.print("no stream is failing right now.")
     for code in sorted(current):

@@ -63,7 +63,19 @@ def stream_line(s: StreamResult, waits: Waits | None = None) -> str:
         line += f" error={s.error_code}" + (f" http={s.http_status}" if s.http_status else "")
     if s.gap_suspected:
         line += " gap_suspected"
+    if s.retry_at is not None:
+        line += f" next_try={s.retry_at:%Y-%m-%d %H:%M:%S}Z"
     return line
+
+
+def idle_line(result: SyncResult) -> str | None:
+    """The account's streams that needed no request: dormant (the inbox vouched) or not due (backoff)."""
+    parts = []
+    if result.dormant:
+        parts.append(f"{len(result.dormant)} dormant (the inbox keeps them current)")
+    if result.not_due:
+        parts.append(f"{len(result.not_due)} not due (idle, backing off)")
+    return f"{result.account_key}  " + ", ".join(parts) + ": 0 requests" if parts else None
 
 
 class SyncProgress:
@@ -189,6 +201,11 @@ class SyncProgress:
                 self._finish((s.account_key, s.stream_key), note)
             else:
                 click.echo(stream_line(s, waits))
+        idle = idle_line(result)
+        if idle and self.live:
+            self.console.print(idle, markup=False)
+        elif idle:
+            click.echo(idle)
 
     # ------------------------------------------------------------------ tasks
     def _label(self, ident: Ident) -> str:

@@ -13,12 +13,13 @@ from dm_pipeline.clients import TokenLookup, build_client, env_token, http_clien
 from dm_pipeline.errors import DatabaseUnavailable, DmPipelineError
 from dm_pipeline.http.policy import RetryPolicy
 from dm_pipeline.models import Account, StreamResult, StreamStatus, SyncResult
-from dm_pipeline.sync import PageHook, RunLimits, sync_account
+from dm_pipeline.sync import PageHook, RunLimits, StreamStartHook, sync_account
 
 
 def sync_accounts(engine: Engine, accounts: Sequence[Account], run_id: str, limits: RunLimits, *,
                   per_provider: int = 4, lookup: TokenLookup = env_token,
                   on_page: PageHook | None = None,
+                  on_stream_start: StreamStartHook | None = None,
                   on_done: Callable[[SyncResult], None] | None = None,
                   policy: Callable[[Account], RetryPolicy] | None = None) -> list[SyncResult]:
     """Results in the order of `accounts`. An account whose client cannot even be built (bad config)
@@ -33,7 +34,7 @@ def sync_accounts(engine: Engine, accounts: Sequence[Account], run_id: str, limi
             try:
                 client = build_client(account, http, lookup, engine=engine,
                                       policy=policy(account) if policy else None)
-                result = sync_account(engine, client, run_id, limits, on_page)
+                result = sync_account(engine, client, run_id, limits, on_page, on_stream_start)
             except DatabaseUnavailable:
                 raise  # not this account's failure: the whole run stops, and says why
             except DmPipelineError as exc:

@@ -37,9 +37,14 @@ ERROR_HELP: dict[str, tuple[str, str]] = {
                        "it persists"),
     "forbidden": ("the provider refused the request (403)", "check the account's access and the app's permissions"),
     "not_found": ("the provider does not know this resource (404)", "check the IDs in the accounts file"),
-    "refresh_rejected": ("X refused the refresh token: revoked, already used, or a wrong client ID / secret",
-                         "authorize again (PKCE + offline.access), delete the account's row from "
-                         "dm_private.oauth_tokens and export the new tokens"),
+    "refresh_rejected": ("X refused the refresh token: revoked, already used, or a wrong client ID / secret. "
+                         "It is never posted again",
+                         "authorize again (PKCE + offline.access) and export the new pair (the fresh refresh "
+                         "token replaces the refused one)"),
+    "refresh_unparseable": ("X answered the token refresh with something that is not a token: the refresh "
+                            "token may have been spent", "authorize again and export the new pair"),
+    "partial_error": ("X answered 200 with `errors` and no data", "check the conversation IDs and the account's "
+                      "access; the next run tries again"),
     "refresh_failed": ("the token refresh could not reach X (network)", "nothing: the next run tries again"),
     "token_expired": ("X: the access token expired and no refresh token is stored",
                       "authorize with the offline.access scope, set `oauth.refresh_token_env`, delete the "
@@ -83,9 +88,12 @@ ERROR_HELP: dict[str, tuple[str, str]] = {
     "transport_error": ("the provider could not be reached (connection error or timeout, after retries)",
                         "check base_url and the network; the next run resumes"),
     "service_unavailable": ("the provider answered 503 on every retry", "nothing: the next run resumes"),
-    "rate_limited": ("the provider asked to wait longer than the run's budget",
-                     "nothing: the pass is parked and the next run resumes it (raise DM_PIPELINE_TIME_BUDGET_S "
-                     "to wait instead)"),
+    "rate_limited": ("the account's rate-limit window is spent past the run's budget: its streams are parked "
+                     "without a request until the stored reset time",
+                     "nothing: a run after the reset resumes (raise DM_PIPELINE_TIME_BUDGET_S to wait instead)"),
+    "budget_exhausted": ("the account's daily budget (`budget:` in the accounts file) would be exceeded: its "
+                         "streams are parked without a request",
+                         "nothing: they resume when the rolling 24 hours free enough; raise `budget` to spend more"),
     "gap_suspected": ("/2/dm_events serves 30 days and a pass ended before reaching the last mark",
                       "sync more often than every 30 days; add `conversations: {discover: true}` for full history"),
     "skipped_locked": ("another run was syncing this stream, so this run skipped it", "nothing"),
@@ -114,7 +122,7 @@ class StreamStatusRow:
     last_status: str | None
     last_run_at: datetime | None
     last_success_at: datetime | None
-    lag_s: float | None
+    lag_s: float | None                  # a dormant stream: the inbox's lag (the inbox keeps it current)
     high_water_id: str | None
     high_water_at: datetime | None
     pass_in_progress: bool
@@ -124,11 +132,14 @@ class StreamStatusRow:
     last_error_at: datetime | None
     last_error_http: int | None
     gap_suspected: bool
+    next_poll_at: datetime | None        # billed providers backing off: not polled before this
+    empty_polls: int
 
 
 _SQL = text("""
 SELECT s.account_key, s.stream_key, s.provider, s.last_status, s.updated_at AS last_run_at, s.last_success_at,
-       extract(epoch FROM now() - s.last_success_at)::float8 AS lag_s,
+       extract(epoch FROM now() - CASE WHEN s.last_status = 'dormant' THEN i.last_success_at
+                                       ELSE s.last_success_at END)::float8 AS lag_s,
        s.high_water_id,
        (SELECT h.created_at FROM dm_private.dm_history h
          WHERE h.account_key = s.account_key AND h.message_id = s.high_water_id) AS high_water_at,
@@ -136,8 +147,10 @@ SELECT s.account_key, s.stream_key, s.provider, s.last_status, s.updated_at AS l
        e.error_code AS last_error_code, e.finished_at AS last_error_at, e.http_status AS last_error_http,
        EXISTS (SELECT FROM dm_audit.dm_sync_audit g
                 WHERE g.account_key = s.account_key AND g.stream_key = s.stream_key AND g.gap_suspected)
-         AS gap_suspected
+         AS gap_suspected,
+       s.next_poll_at, s.empty_polls
 FROM dm_private.sync_state s
+LEFT JOIN dm_private.sync_state i ON i.account_key = s.account_key AND i.stream_key = 'dm_events'
 LEFT JOIN LATERAL (
     SELECT a.error_code, a.finished_at, a.http_status FROM dm_audit.dm_sync_audit a
     WHERE a.account_key = s.account_key AND a.stream_key = s.stream_key AND a.error_code IS NOT NULL
@@ -151,6 +164,68 @@ def stream_status(engine: Engine, account_keys: Sequence[str] | None = None) -> 
     with engine.connect() as conn:
         rows = conn.execute(_SQL, {"keys": list(account_keys) if account_keys else None}).mappings()
         return [StreamStatusRow(**row) for row in rows]
+
+
+@dataclass(frozen=True)
+class AccountCost:
+    """What an account spent in the last 24 hours, and what it will spend per day at the current schedule."""
+
+    account_key: str
+    provider: str
+    unit: str                            # requests (X), credits (Xquik), calls (GetXAPI)
+    requests_24h: int
+    cost_24h: int
+    forecast_per_day: float
+    limited_until: datetime | None       # the account's rate-limit state: no request before this
+    streams: int
+    dormant: int
+    backing_off: int
+
+
+UNITS = {"x": "requests", "xquik": "credits", "getxapi": "calls"}
+
+_COST_SQL = text("""
+SELECT s.account_key, s.stream_key, s.provider, s.last_status, s.updated_at, s.next_poll_at,
+       coalesce(j.polls, 0) AS polls, coalesce(j.requests, 0) AS requests, coalesce(j.cost, 0) AS cost,
+       coalesce(j.typical, 0)::float8 AS typical,
+       (SELECT greatest(a.limited_until, CASE WHEN a.rl_remaining <= 0 THEN a.rl_reset_at END)
+          FROM dm_private.account_state a WHERE a.account_key = s.account_key) AS limited_until
+FROM dm_private.sync_state s
+LEFT JOIN LATERAL (
+    SELECT count(*) FILTER (WHERE requests > 0) AS polls, sum(requests) AS requests, sum(cost) AS cost,
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY cost) FILTER (WHERE requests > 0) AS typical
+    FROM dm_audit.dm_sync_audit a
+    WHERE a.account_key = s.account_key AND a.stream_key = s.stream_key AND a.row_kind = 'job'
+      AND a.finished_at > now() - interval '24 hours') j ON true
+WHERE CAST(:keys AS text[]) IS NULL OR s.account_key = ANY(CAST(:keys AS text[]))
+ORDER BY s.account_key, s.stream_key""")
+
+
+def account_costs(engine: Engine, poll_interval_s: float, account_keys: Sequence[str] | None = None
+                  ) -> list[AccountCost]:
+    """Per account: requests and cost of the last 24 hours, and a forecast per day: each stream's median cost
+    per poll over those 24 hours (a backfill does not count as typical) times the polls a day brings at its
+    current interval (the schedule's, or longer while a billed stream backs off; dormant costs nothing)."""
+    with engine.connect() as conn:
+        rows = list(conn.execute(_COST_SQL, {"keys": list(account_keys) if account_keys else None}).mappings())
+    out: dict[str, AccountCost] = {}
+    for r in rows:
+        interval = poll_interval_s
+        if r["next_poll_at"] is not None and r["updated_at"] is not None:
+            interval = max(interval, (r["next_poll_at"] - r["updated_at"]).total_seconds())
+        dormant = r["last_status"] == "dormant"
+        per_poll = float(r["typical"])
+        forecast = 0.0 if dormant else per_poll * 86400 / interval
+        prev = out.get(r["account_key"])
+        out[r["account_key"]] = AccountCost(
+            account_key=r["account_key"], provider=r["provider"], unit=UNITS.get(r["provider"], "cost"),
+            requests_24h=(prev.requests_24h if prev else 0) + int(r["requests"]),
+            cost_24h=(prev.cost_24h if prev else 0) + int(r["cost"]),
+            forecast_per_day=(prev.forecast_per_day if prev else 0.0) + forecast,
+            limited_until=r["limited_until"], streams=(prev.streams if prev else 0) + 1,
+            dormant=(prev.dormant if prev else 0) + dormant,
+            backing_off=(prev.backing_off if prev else 0) + (interval > poll_interval_s))
+    return list(out.values())
 
 
 def age(seconds: float | None) -> str:

@@ -41,14 +41,24 @@ def sync_metadata(results: list[SyncResult]) -> dict[str, dg.MetadataValue]:
         "events_received": dg.MetadataValue.int(total("received")),
         "events_inserted": dg.MetadataValue.int(total("inserted")),
         "events_updated": dg.MetadataValue.int(total("updated")),
+        "cost": dg.MetadataValue.int(total("cost")),
+        "dormant_streams": dg.MetadataValue.int(sum(len(r.dormant) for r in results)),
+        "not_due_streams": dg.MetadataValue.int(sum(len(r.not_due) for r in results)),
     }
     for r in results[:50]:  # per-stream detail for small runs; totals above always
         for s in r.streams:
             md[f"{r.account_key}/{s.stream_key}"] = dg.MetadataValue.json({
-                "status": s.status.value, "pages": s.pages, "requests": s.requests, "inserted": s.inserted,
-                "updated": s.updated, "high_water_id": s.high_water_id, "pass_cursor": s.pass_cursor,
-                "error_code": s.error_code, "http_status": s.http_status, "gap_suspected": s.gap_suspected,
+                "status": s.status.value, "pages": s.pages, "requests": s.requests, "cost": s.cost,
+                "inserted": s.inserted, "updated": s.updated, "high_water_id": s.high_water_id,
+                "pass_cursor": s.pass_cursor, "error_code": s.error_code, "http_status": s.http_status,
+                "gap_suspected": s.gap_suspected,
+                "retry_at": s.retry_at.isoformat(timespec="seconds") if s.retry_at else None,
             })
+        if r.dormant or r.not_due:
+            # One entry per account, not per stream: an account may have a thousand dormant conversations.
+            md[f"{r.account_key}/idle"] = dg.MetadataValue.json({
+                "dormant": len(r.dormant), "not_due": len(r.not_due),
+                "examples": (r.dormant + r.not_due)[:5]})
     return md
 
 

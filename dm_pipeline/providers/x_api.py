@@ -41,6 +41,9 @@ USER_FIELDS = "created_at,id,name,profile_image_url,protected,username,verified"
 TWEET_FIELDS = "author_id,created_at,id,text"
 
 CONVERSATION_ID_RE = re.compile(r"^([0-9]{1,19}-[0-9]{1,19}|[0-9]{15,19})$")
+_NOT_SLUG = re.compile(r"[^a-z0-9]+")
+MAX_CODE_LEN = 64
+PARTIAL_ERROR = "partial_error"  # a 200 `errors` array without data whose first entry has no usable `type`
 INBOX_KEY = "dm_events"
 INBOX_ENDPOINT = "/2/dm_events"
 WITH_ENDPOINT = "/2/dm_conversations/with/:participant_id/dm_events"
@@ -87,14 +90,23 @@ def _problem(response: httpx.Response) -> dict[str, Any]:
     return body if isinstance(body, dict) else {}
 
 
+def problem_slug(ptype: object) -> str:
+    """An X problem URI's last segment as an error code ("https://api.twitter.com/2/problems/resource-not-found"
+    -> "resource_not_found"), or "" when `ptype` is no problem URI. The code reaches the audit row and the
+    logs, so whatever the body holds comes out as [a-z0-9_]{1,64} or not at all."""
+    if not isinstance(ptype, str) or "/problems/" not in ptype:
+        return ""
+    slug = _NOT_SLUG.sub("_", ptype.rsplit("/", 1)[-1][:256].lower()).strip("_")
+    return slug[:MAX_CODE_LEN].rstrip("_")
+
+
 def map_error(response: httpx.Response) -> ProviderError:
     """A non-retryable X error to a typed error. Only the problem's fixed `type`/`title` are quoted:
     `detail` and bodies can echo request values, so they never reach a message."""
     status = response.status_code
     body = _problem(response)
-    ptype = str(body.get("type") or "")
     title = str(body.get("title") or "")[:80]
-    slug = ptype.rsplit("/", 1)[-1].replace("-", "_") if "/problems/" in ptype else ""
+    slug = problem_slug(body.get("type"))
     if status == 400 and any("pagination_token" in (e.get("parameters") or {}) for e in body.get("errors") or []
                              if isinstance(e, dict)):
         return InvalidCursor("X rejected the stored pagination_token", http_status=400)
@@ -173,10 +185,31 @@ def normalize_event(event: dict[str, Any], includes: dict[str, Any] | IncludesIn
     )
 
 
+def partial_errors(body: dict[str, Any]) -> int:
+    """How many entries a 200 response's top-level `errors` array has (X's "partial errors"). With data
+    beside them the page is used and the count audited; without data the response is a failure, not an
+    empty page: raises ProviderError coded from the first error's problem `type` (never its `detail` or
+    `value`, which echo request values)."""
+    errors = body.get("errors")
+    if errors is None:
+        return 0
+    if not isinstance(errors, list):
+        raise MalformedResponse("X response has `errors` of the wrong type")
+    if errors and not body.get("data"):
+        first = errors[0]
+        code = (problem_slug(first.get("type")) if isinstance(first, dict) else "") or PARTIAL_ERROR
+        raise ProviderError(f"X API 200 with {len(errors)} error(s) and no data: {code}", http_status=200,
+                            error_code=code)
+    return len(errors)
+
+
 def parse_page(body: Any, account_user_id: str, stream_key: str
                ) -> tuple[list[EventRow], str | None, list[UserRow], list[QuarantinedEvent]]:
+    """A 200 body's events, next cursor, users and quarantined events. Raises ProviderError when the body
+    is only `errors` (see `partial_errors`), MalformedResponse when it is not X's page shape."""
     if not isinstance(body, dict):
         raise MalformedResponse("X response is not a JSON object")
+    partial_errors(body)
     data = body.get("data") or []  # an empty page omits `data` (spec: minItems 1)
     includes = body.get("includes") or {}
     meta = body.get("meta") or {}
@@ -257,9 +290,9 @@ class XClient:
                                     requests=sent.requests) from None
         try:
             events, next_cursor, users, quarantined = parse_page(body, self.account.user_id, stream.key)
-        except MalformedResponse as exc:
+        except ProviderError as exc:  # malformed, or a 200 holding only `errors`
             exc.http_status, exc.requests = sent.response.status_code, sent.requests
             raise
         return Page(events=tuple(events), next_cursor=next_cursor, http_status=sent.response.status_code,
                     requests=sent.requests, rate_limit=sent.rate_limit, users=tuple(users),
-                    quarantined=tuple(quarantined))
+                    quarantined=tuple(quarantined), partial_errors=partial_errors(body))
