@@ -8,6 +8,8 @@ load runs in its own process (its peak RSS is its own) into its own fresh databa
 
 - pipeline: `sync_account` with the real X client, one transaction per page (benchmarks/pipeline_child.py);
 - no-op: the same sync again, which must find nothing new (requests and wall time per stream);
+- no-op per account: a small account with conversation discovery, backfilled then synced again
+  (`noop_requests_per_account`: 1.0 when the inbox vouches for every dormant conversation stream);
 - peak RSS at 100k events: a second backfill stopped after 1,000 pages (only when --size > 100k);
 - COPY: the rows the pipeline stored, exported to a file, then timed `COPY ... FROM STDIN` into an empty
   table created `LIKE dm_history INCLUDING ALL` (same columns, defaults and indexes);
@@ -67,10 +69,13 @@ def _requests(sim: str) -> int:
     return int(httpx.get(f"{sim}/_sim/stats", timeout=60).json().get("total", 0) or 0)
 
 
-def _sync(db: str, sim: str, account: dict[str, str], max_pages: int | None = None) -> dict[str, Any]:
+def _sync(db: str, sim: str, account: dict[str, str], max_pages: int | None = None,
+          discover: bool = False) -> dict[str, Any]:
     args = ["--db", db, "--sim", sim, "--user-id", account["user_id"], "--token", account["token"]]
     if max_pages is not None:
         args += ["--max-pages", str(max_pages)]
+    if discover:
+        args.append("--discover")
     before = _requests(sim)
     sim_cpu, pg_cpu = process_cpu_s(SIM_PIDS[sim]), postgres_cpu_s(bench_pgdata())
     result = _child("benchmarks.pipeline_child", *args)
@@ -137,6 +142,7 @@ def run(size: int, with_dlt: bool = True) -> dict[str, Any]:
             assert copied == size
             res["copy_rows_per_s"] = round(size / copy_s)
             res["copy_s"] = round(copy_s, 2)
+        res.update(noop_account())
         if size > SMALL:
             with fresh_database("bench_small") as db:
                 _checkpoint(db)
@@ -159,6 +165,22 @@ def run(size: int, with_dlt: bool = True) -> dict[str, Any]:
     return res
 
 
+NOOP_EVENTS = 5_000
+
+
+def noop_account() -> dict[str, Any]:
+    """Requests of a no-op run of one X account with conversation discovery (the inbox plus a stream per
+    conversation), after its backfill: 1.0 when the inbox vouches for every dormant conversation."""
+    with simulator_process(1, NOOP_EVENTS, seed=11) as sim, fresh_database("bench_noop") as db:
+        account = sim_accounts(sim)[0]
+        _sync(db, sim, account, discover=True)   # backfill: the inbox, then each conversation's first pass
+        noop = _sync(db, sim, account, discover=True)
+        assert noop["inserted"] == noop["updated"] == 0, noop
+        return {"noop_requests_per_account": noop["sim_requests"],
+                "noop_streams_per_account": noop["streams"] + noop["dormant"],
+                "noop_ms_per_account": round(1000 * noop["elapsed_s"], 1)}
+
+
 _PROCESSES = ("sync", "simulator", "postgres")
 
 
@@ -178,6 +200,9 @@ def summary(r: dict[str, Any]) -> str:
     lines += [
         f"  requests {r['requests']:,} (ideal {r['ideal_requests']:,}); no-op run: "
         f"{r['noop_requests_per_stream']} request(s) and {r['noop_ms_per_stream']} ms per stream",
+        f"  no-op run of an X account with {r['noop_streams_per_account']} streams (inbox + discovered "
+        f"conversations): noop_requests_per_account {r['noop_requests_per_account']} (goal 1.0), "
+        f"{r['noop_ms_per_account']} ms",
         f"  peak RSS of the sync process: {rss} (target <= 250 MB, flat)",
         "  per page of the backfill: " + ", ".join(f"{k} {v} ms" for k, v in cpu.items() if k in _PROCESSES)
         + f" of CPU; {cpu['wall']} ms of wall time (COPY: postgres {cpu['postgres_for_copy']} ms of CPU per "

@@ -2,7 +2,8 @@
 
     python -m benchmarks.pipeline_child --db URL --sim URL --user-id ID --token TOKEN [--max-pages N]
 
-Prints one JSON line: elapsed_s, pages, requests, inserted, updated, streams, status, peak_rss_mb, and
+Prints one JSON line: elapsed_s, pages, requests, inserted, updated, streams (fetched), dormant (X
+conversation streams the inbox vouched for), status, peak_rss_mb, and
 cpu_s (the CPU time of the sync itself, all threads, without start-up).
 The engine is the real one: `sync_account` with the real X client over loopback HTTP, one transaction per
 page (rows + cursor + audit).
@@ -46,11 +47,12 @@ def main() -> None:
     parser.add_argument("--token", required=True)
     parser.add_argument("--key", default="bench-x")
     parser.add_argument("--max-pages", type=int, default=1_000_000)
+    parser.add_argument("--discover", action="store_true", help="a stream per conversation seen in the inbox")
     args = parser.parse_args()
 
     os.environ["DM_BENCH_TOKEN"] = args.token
     account = Account(key=args.key, provider=Provider.X, user_id=args.user_id, base_url=args.sim,
-                      token_env="DM_BENCH_TOKEN", page_size=100)
+                      token_env="DM_BENCH_TOKEN", page_size=100, discover_conversations=args.discover)
     engine = get_engine(args.db)  # the project's engine, as the CLI and Dagster build it
     limits = RunLimits(max_pages=args.max_pages, time_budget_s=3600.0)
     with http_client() as http:
@@ -63,7 +65,8 @@ def main() -> None:
         "elapsed_s": elapsed, "pages": result.total("pages"), "commits": result.total("commits"),
         "requests": result.total("requests"),
         "inserted": result.total("inserted"), "updated": result.total("updated"),
-        "streams": len(result.streams), "status": result.status.value, "peak_rss_mb": round(peak_rss_mb(), 1),
+        "streams": len(result.streams), "dormant": len(result.dormant),
+        "status": result.status.value, "peak_rss_mb": round(peak_rss_mb(), 1),
         "cpu_s": round(cpu, 3),
     }), flush=True)
 
