@@ -2,6 +2,25 @@
 
 from __future__ import annotations
 
+import re
+
+_CODE = re.compile(r"[a-z0-9_]{1,64}")
+
+
+def clean_code(code: str) -> str:
+    """An error code as the audit stores it: `[a-z0-9_]{1,64}`. Codes are built from what providers send
+    (a problem `type`, an `error` field), and a hostile one may be 5 KB of control characters."""
+    if _CODE.fullmatch(code):
+        return code
+    cleaned = re.sub(r"[^a-z0-9_]+", "_", code.lower()).strip("_")[:64]
+    return cleaned or "provider_error"
+
+
+def printable(message: str, limit: int = 300) -> str:
+    """A message safe for a terminal and a log line: no control characters, bounded length."""
+    cleaned = "".join(ch if ch.isprintable() else "?" for ch in message[:limit])
+    return cleaned + ("…" if len(message) > limit else "")
+
 
 class DmPipelineError(Exception):
     """Base of every error this package raises on purpose."""
@@ -27,11 +46,11 @@ class ProviderError(DmPipelineError):
 
     def __init__(self, message: str, *, http_status: int | None = None, error_code: str | None = None,
                  requests: int = 1) -> None:
-        super().__init__(message)
+        super().__init__(printable(message))
         self.http_status = http_status
         self.requests = requests
         if error_code:
-            self.error_code = error_code
+            self.error_code = clean_code(error_code)
 
 
 class TransientProviderError(ProviderError):
@@ -89,6 +108,7 @@ class PageCommitError(Exception):
 
     def __init__(self, account_key: str, stream_key: str, exc: BaseException) -> None:
         orig = getattr(exc, "orig", None) or exc
+        self.account_key, self.stream_key = account_key, stream_key
         self.sqlstate: str | None = getattr(orig, "sqlstate", None)
         constraint = getattr(getattr(orig, "diag", None), "constraint_name", None)
         what = ", ".join(filter(None, [type(orig).__name__, self.sqlstate and f"SQLSTATE {self.sqlstate}",
@@ -115,6 +135,7 @@ ACCOUNT_LEVEL_CODES = frozenset({
     # the bill or the app
     "no_credits", "no_subscription", "subscription_inactive", "insufficient_credits", "usage_capped",
     "client_forbidden", "client_not_enrolled", "budget_exhausted",
-    # the provider's host is unreachable after every retry: the next stream would spend the same retries
-    "transport_error",
+    # the provider's host is unreachable after every retry, or too slow to answer within the deadline:
+    # the next stream would spend the same time
+    "transport_error", "request_deadline",
 })

@@ -185,6 +185,7 @@ class StreamResult:
     gap_suspected: bool = False
     cost: int = 0                        # what the provider bills (X requests, Xquik credits, GetXAPI calls)
     retry_at: datetime | None = None     # parked (rate limit, budget): when the account is tried again
+    detail: str | None = None            # a failure's redacted description (a commit error's constraint)
 
     @property
     def unchanged(self) -> int:

@@ -4,6 +4,10 @@ X refresh tokens are single-use: the pair a refresh returns is written, encrypte
 very next thing after the response arrives, under an advisory lock per account so two processes never
 spend the same refresh token. Hand-written rather than authlib's session: the order "receive, persist,
 then use" inside our own transaction is the whole point, and a session's auto-refresh hides it.
+
+A refresh token X refuses is remembered (`refresh_rejected_at`, committed before the error is raised) and
+never posted again: the account fails without a request until the operator exports a fresh pair from a new
+authorization, which the next refresh adopts in its place.
 """
 
 from __future__ import annotations
@@ -13,10 +17,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 from cryptography.fernet import Fernet, InvalidToken
-from sqlalchemy import Connection, Engine, select, text
+from sqlalchemy import Connection, Engine, func, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from dm_pipeline.db.tables import oauth_tokens
@@ -25,6 +30,13 @@ from dm_pipeline.models import Account
 
 KEY_ENV = "DM_PIPELINE_TOKEN_KEY"
 EXPIRY_MARGIN_S = 10.0  # refresh slightly early, as X's own SDK does
+DEFAULT_EXPIRES_IN_S = 7200.0
+EPOCH = datetime.fromtimestamp(0, UTC)  # the expiry of a pair with no access token: refresh before use
+# RFC 6749 §5.2 error codes: the only part of a token endpoint's error body a message quotes.
+OAUTH_ERRORS = frozenset({"invalid_request", "invalid_client", "invalid_grant", "unauthorized_client",
+                          "unsupported_grant_type", "invalid_scope"})
+# The client, not the refresh token, was refused: X looks at no token then, so it stays unspent.
+CLIENT_ERRORS = frozenset({"invalid_client", "unauthorized_client"})
 Secret = Callable[[str | None], str | None]
 
 
@@ -33,6 +45,7 @@ class TokenPair:
     access: str
     refresh: str | None
     expires_at: datetime | None
+    rejected_at: datetime | None = None   # X refused `refresh`: it is never posted again
 
 
 def fernet_from(secret: Secret) -> Fernet:
@@ -72,14 +85,16 @@ class XOAuth:
             raise ConfigError(f"the stored OAuth tokens of {self.account.key!r} cannot be decrypted with "
                               f"{KEY_ENV}. Fix: restore the key it was written with, or delete the row "
                               "from dm_private.oauth_tokens and export fresh tokens") from None
-        return TokenPair(access, refresh, row.expires_at)
+        return TokenPair(access, refresh, row.expires_at, row.refresh_rejected_at)
 
-    def _store(self, conn: Connection, pair: TokenPair) -> None:
+    def _store(self, conn: Connection, pair: TokenPair, *, rejected: bool = False) -> None:
+        """Write `pair`; `rejected`: X refused its refresh token (now), else any earlier refusal is cleared."""
         values = {
             "provider": self.account.provider.value,
             "access_token_enc": self._fernet.encrypt(pair.access.encode()),
             "refresh_token_enc": self._fernet.encrypt(pair.refresh.encode()) if pair.refresh else None,
             "expires_at": pair.expires_at,
+            "refresh_rejected_at": func.now() if rejected else None,
         }
         stmt = pg_insert(oauth_tokens).values(account_key=self.account.key, **values)
         conn.execute(stmt.on_conflict_do_update(index_elements=[oauth_tokens.c.account_key],
@@ -89,6 +104,23 @@ class XOAuth:
         if pair.expires_at is None:
             return False
         return pair.expires_at.timestamp() - EXPIRY_MARGIN_S <= self._clock()
+
+    def _reconnect(self) -> str:
+        """How to recover from a spent or refused refresh token (names of variables, never values)."""
+        names = " and ".join(n for n in (self.account.token_env, self._oauth.refresh_token_env) if n)
+        under = f" under {names}" if names else ""
+        return f"Fix: authorize again (PKCE, offline.access) and export the new pair{under}"
+
+    def _exported_pair(self, stored: TokenPair) -> TokenPair | None:
+        """The pair the operator exported after re-authorizing, when its refresh token is not the stored
+        (refused) one; its access token only when it is new too (else it is refreshed before use)."""
+        refresh = self._secret(self._oauth.refresh_token_env)
+        if not refresh or refresh == stored.refresh:
+            return None
+        access = self._secret(self.account.token_env)
+        if not access or access in (stored.access, self._in_use):
+            return TokenPair("", refresh, EPOCH)
+        return TokenPair(access, refresh, None)
 
     # ----------------------------------------------------------------- API
     def access_token(self) -> str:
@@ -101,31 +133,46 @@ class XOAuth:
                     raise ConfigError(f"account {self.account.key!r} has no stored OAuth tokens and neither "
                                       f"{self.account.token_env} nor {self._oauth.refresh_token_env} is set. "
                                       "Fix: export the access and refresh tokens of the first authorization")
-                pair = TokenPair(access or "", refresh, None if access else datetime.fromtimestamp(0, UTC))
+                pair = TokenPair(access or "", refresh, None if access else EPOCH)
                 self._store(conn, pair)
-        if not pair.access or self._expired(pair):
+        if not pair.access or self._expired(pair) or pair.rejected_at is not None:
             return self.refresh()
         self._in_use = pair.access
         return pair.access
 
     def refresh(self) -> str:
-        """Exchange the refresh token; persist the new pair before returning it."""
+        """Exchange the refresh token; persist the new pair before returning it. A refresh token X refused
+        is never posted again: AuthError `refresh_rejected` without a request, unless a fresh pair is
+        exported (then that pair is stored and used)."""
         client_id = self._secret(self._oauth.client_id_env)
         if not client_id:
             raise ConfigError(f"{self._oauth.client_id_env} (OAuth client ID of {self.account.key!r}) is not set")
         client_secret = self._secret(self._oauth.client_secret_env)
         url = self._oauth.token_url or f"{self.account.base_url}/2/oauth2/token"
+        refused: AuthError | None = None
         with self._engine.begin() as conn:
             conn.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
                          {"k": f"dm_pipeline:oauth:{self.account.key}"})
             pair = self._load(conn)
-            if pair and pair.access and pair.access != self._in_use and not self._expired(pair):
+            if pair is not None and pair.rejected_at is not None:
+                exported = self._exported_pair(pair)
+                if exported is None:
+                    when = pair.rejected_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+                    raise AuthError(f"X refused the stored refresh token of {self.account.key!r} at {when}; "
+                                    f"it is never posted again. {self._reconnect()}",
+                                    error_code="refresh_rejected", http_status=None, requests=0)
+                self._store(conn, exported)  # clears the refusal; committed with whatever follows
+                pair = exported
+                if pair.access:
+                    self._in_use = pair.access
+                    return pair.access
+            elif pair and pair.access and pair.access != self._in_use and not self._expired(pair):
                 self._in_use = pair.access  # another process refreshed while we waited for the lock
                 return pair.access
             refresh = (pair.refresh if pair else None) or self._secret(self._oauth.refresh_token_env)
             if not refresh:
                 raise AuthError("the X access token expired and no refresh token is stored",
-                                http_status=401, error_code="token_expired")
+                                http_status=401, error_code="token_expired", requests=0)
             headers = {"Content-Type": "application/x-www-form-urlencoded"}
             if client_secret:
                 basic = base64.b64encode(f"{client_id}:{client_secret}".encode()).decode()
@@ -134,15 +181,73 @@ class XOAuth:
                 response = self._http.post(url, data={"grant_type": "refresh_token", "refresh_token": refresh,
                                                       "client_id": client_id}, headers=headers)
             except httpx.TransportError as exc:
-                raise AuthError(f"token refresh failed: {type(exc).__name__}", error_code="refresh_failed") from None
+                raise AuthError(f"token refresh failed: {type(exc).__name__}", error_code="refresh_failed",
+                                requests=1) from None
             if response.status_code != 200:
-                raise AuthError(f"X refused the token refresh (HTTP {response.status_code})",
-                                http_status=response.status_code, error_code="refresh_rejected")
-            body = response.json()
-            new = TokenPair(access=str(body["access_token"]), refresh=body.get("refresh_token") or refresh,
-                            expires_at=datetime.fromtimestamp(self._clock(), UTC)
-                            + timedelta(seconds=float(body.get("expires_in") or 7200)))
-            self._store(conn, new)  # committed on leaving this block: before the new token is used
+                refused, spent = self._refusal(response)
+                if spent:
+                    # Remembered before the error leaves: committed on leaving this block, lock still held.
+                    base = pair or TokenPair(self._secret(self.account.token_env) or "", None, EPOCH)
+                    self._store(conn, TokenPair(base.access, refresh, base.expires_at), rejected=True)
+            else:
+                new = self._parse(response, refresh)
+                self._store(conn, new)  # committed on leaving this block: before the new token is used
+        if refused is not None:
+            raise refused
         self.refreshes += 1
         self._in_use = new.access
         return new.access
+
+    def _refusal(self, response: httpx.Response) -> tuple[AuthError, bool]:
+        """The error for a non-200 token reply, and whether it refused the refresh token itself (then X
+        will not take it again: it is marked and never posted again). Not so when X refused the client
+        (401, invalid_client / unauthorized_client: the token was not looked at) or failed (408, 429, 5xx)."""
+        status = response.status_code
+        error = _oauth_error(response)
+        what = f"HTTP {status}{f' {error}' if error else ''}"
+        if status in (408, 429) or status >= 500:
+            return AuthError(f"the token refresh failed at X ({what}); the next run tries again",
+                             http_status=status, error_code="refresh_failed", requests=1), False
+        if status == 401 or error in CLIENT_ERRORS:
+            secret = f" and {self._oauth.client_secret_env}" if self._oauth.client_secret_env else ""
+            return AuthError(f"X refused the token refresh ({what}): the OAuth client was not accepted. Fix: "
+                             f"check {self._oauth.client_id_env}{secret} (a confidential client needs its "
+                             "secret, `oauth.client_secret_env`)",
+                             http_status=status, error_code="refresh_rejected", requests=1), False
+        if status < 400:
+            return AuthError(f"X did not answer the token refresh with a token ({what}). Fix: check "
+                             "`oauth.token_url`", http_status=status, error_code="refresh_rejected",
+                             requests=1), False
+        return AuthError(f"X refused the refresh token of {self.account.key!r} ({what}); it is never posted "
+                         f"again. {self._reconnect()}", http_status=status, error_code="refresh_rejected",
+                         requests=1), True
+
+    def _parse(self, response: httpx.Response, spent: str) -> TokenPair:
+        """A 200 token reply as the new pair. Anything but an object with a string `access_token` is a typed
+        error: the refresh token was probably spent already, and the traceback would help nobody."""
+        try:
+            body: Any = response.json()
+        except ValueError:
+            body = None
+        access = body.get("access_token") if isinstance(body, dict) else None
+        refresh = body.get("refresh_token") if isinstance(body, dict) else None
+        if not isinstance(access, str) or not access or not (refresh is None or isinstance(refresh, str)):
+            raise AuthError(f"X answered the token refresh of {self.account.key!r} with HTTP 200 but no token; "
+                            f"the refresh token may have been spent. {self._reconnect()}", http_status=200,
+                            error_code="refresh_unparseable", requests=1)
+        expires_in = body.get("expires_in") if isinstance(body, dict) else None
+        seconds = (float(expires_in) if isinstance(expires_in, int | float) and not isinstance(expires_in, bool)
+                   and 0 < expires_in < 10 ** 8 else DEFAULT_EXPIRES_IN_S)
+        return TokenPair(access=access, refresh=refresh or spent,
+                         expires_at=datetime.fromtimestamp(self._clock(), UTC) + timedelta(seconds=seconds))
+
+
+def _oauth_error(response: httpx.Response) -> str | None:
+    """The RFC 6749 `error` code of a token endpoint's error body, if it is one of the standard ones."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    error = body.get("error") if isinstance(body, dict) else None
+    return error if isinstance(error, str) and error in OAUTH_ERRORS else None
+

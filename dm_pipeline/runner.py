@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from sqlalchemy import Engine
 
 from dm_pipeline.clients import TokenLookup, build_client, env_token, http_client
-from dm_pipeline.errors import DatabaseUnavailable, DmPipelineError
+from dm_pipeline.errors import DatabaseUnavailable, DmPipelineError, PageCommitError
 from dm_pipeline.http.policy import RetryPolicy
 from dm_pipeline.models import Account, StreamResult, StreamStatus, SyncResult
 from dm_pipeline.sync import PageHook, RunLimits, StreamStartHook, sync_account
@@ -40,6 +40,11 @@ def sync_accounts(engine: Engine, accounts: Sequence[Account], run_id: str, limi
             except DmPipelineError as exc:
                 result = SyncResult(account.key, account.provider.value, run_id, [StreamResult(
                     account.key, "*", status=StreamStatus.FAILED, error_code=exc.error_code)])
+            except PageCommitError as exc:
+                # Its stream's job row is written; the other accounts of the run go on.
+                result = SyncResult(account.key, account.provider.value, run_id, [StreamResult(
+                    account.key, exc.stream_key, status=StreamStatus.FAILED, error_code="commit_failed",
+                    detail=str(exc))])
         if on_done:
             on_done(result)
         return result

@@ -28,13 +28,15 @@ from dm_pipeline.errors import (
     DatabaseUnavailable,
     DmPipelineError,
     InvalidCursor,
+    MalformedResponse,
+    PageCommitError,
     ProviderError,
     RateLimited,
 )
 from dm_pipeline.gate import BILLED, AccountGate, failed_cost, next_poll, page_cost, wait_now
 from dm_pipeline.http.policy import Budget
 from dm_pipeline.models import Page, Provider, Stream, StreamResult, StreamStatus, SyncResult
-from dm_pipeline.providers.base import ProviderClient
+from dm_pipeline.providers.base import ProviderClient, cursor_problem
 from dm_pipeline.providers.x_api import INBOX_KEY
 
 log = logging.getLogger(__name__)
@@ -135,14 +137,24 @@ def _sync_stream(engine: Engine, client: ProviderClient, stream: Stream, run_id:
         committer = PageCommitter(lambda group: writes.commit_pages(engine, account, stream, run_id, group),
                                   write_ahead=limits.write_ahead, name=f"commit:{account.key}/{stream.key}")
         try:
-            with engine.connect() as conn:
-                state = writes.read_state(conn, account.key, stream.key)
-            state = _walk(client, stream, state, run_id, limits, budget, res, committer, on_page, gate)
-        finally:
-            committer.close(raise_error=False)
-            _account(res, committer, on_page)
-            res.commits = committer.transactions
-        committer.close()  # a failed commit fails the stream here, after the pages before it were counted
+            try:
+                with engine.connect() as conn:
+                    state = writes.read_state(conn, account.key, stream.key)
+                state = _walk(client, stream, state, run_id, limits, budget, res, committer, on_page, gate)
+            finally:
+                committer.close(raise_error=False)
+                _account(res, committer, on_page)
+                res.commits = committer.transactions
+            committer.close()  # a failed commit fails the stream here, after the pages before it were counted
+        except PageCommitError as exc:
+            # The committed prefix and its cursor stand. The stream's job row says so, typed; the error
+            # (which names no row value) goes on, so Dagster's RetryPolicy retries the step.
+            log.warning("%s; the committed pages and their cursor stand", exc)
+            res.status, res.error_code = StreamStatus.FAILED, "commit_failed"
+            writes.finish_stream(engine, account, stream, None, AuditEntry(
+                run_id=run_id, row_kind="job", job_status=res.status.value, started_at=started,
+                requests=res.requests, events_received=res.received, error_code=res.error_code, cost=res.cost))
+            raise
         if res.status is StreamStatus.SUCCEEDED and not limits.sweep and account.provider in BILLED:
             state = next_poll(state, res.inserted + res.updated > 0, gate.now, limits.poll_interval_s, account)
         res.high_water_id, res.pass_cursor = state.high_water_id, state.pass_cursor
@@ -222,6 +234,17 @@ def _walk(client: ProviderClient, stream: Stream, state: StreamState, run_id: st
             return _fail(res, exc, state)
         except DmPipelineError as exc:
             return _fail(res, exc, state)
+        except Exception as exc:  # whatever a response did to the decoder, the stream ends typed
+            # Only the class is named: an exception's text may quote what the provider sent.
+            log.warning("unexpected %s while reading a page of %s/%s", type(exc).__name__, res.account_key,
+                        stream.key)
+            _charge(res, gate, provider, 1)
+            return _fail(res, MalformedResponse(f"the page could not be read ({type(exc).__name__})"), state)
+        problem = cursor_problem(page.next_cursor)
+        if problem is not None:
+            _charge(res, gate, provider, page.requests)
+            return _fail(res, MalformedResponse(f"the provider sent {problem}", http_status=page.http_status,
+                                                requests=page.requests), state)
 
         paged_since_restart = True
         cost = page_cost(provider, page)
@@ -241,7 +264,8 @@ def _walk(client: ProviderClient, stream: Stream, state: StreamState, run_id: st
             message_ids=ids, media_refs=[str(m.get("url") or m.get("media_key")) for e in page.events
                                          for m in e.media or ()],
             newest_id=max(ids, key=int) if ids else None, oldest_id=min(ids, key=int) if ids else None,
-            error_code="cursor_loop" if loop else None, gap_suspected=gap, credits=page.credits,
+            error_code="cursor_loop" if loop else "oversized_page" if len(page.events) + len(page.quarantined)
+            > client.account.page_size else None, gap_suspected=gap, credits=page.credits,
             events_quarantined=len(page.quarantined), cost=cost, partial_errors=page.partial_errors,
         )
         committer.submit(writes.prepare_page(client.account, stream, run_id, PageWrite(keep, state, audit, page)))

@@ -15,7 +15,8 @@ from dm_pipeline.settings import load_settings
 from dm_pipeline.sync import RunLimits
 
 # Failures worth the asset's RetryPolicy; a 403 or a bad token will not heal in five seconds.
-TRANSIENT_CODES = frozenset({"service_unavailable", "transport_error", "malformed_response", "database_unavailable"})
+TRANSIENT_CODES = frozenset({"service_unavailable", "transport_error", "malformed_response", "database_unavailable",
+                             "commit_failed"})
 SWEEP_TAG = "dm_pipeline/sweep"
 # A UI backfill of 1,000 accounts starts at most ceil(1000 / N) runs; accounts sync concurrently inside.
 ACCOUNTS_PER_RUN = int(os.environ.get("DM_PIPELINE_ACCOUNTS_PER_RUN", "50"))
@@ -107,8 +108,10 @@ def dm_history_assets(context: dg.AssetExecutionContext, config: SyncConfig, war
     failed = [r for r in results if r.status is StreamStatus.FAILED]
     if failed:
         codes = sorted({s.error_code or "error" for r in failed for s in r.streams if s.status is StreamStatus.FAILED})
+        details = sorted({s.detail for r in failed for s in r.streams if s.detail})[:5]
         raise dg.Failure(description=f"sync failed for {len(failed)} of {len(results)} accounts: {', '.join(codes)} "
-                                     "(committed pages are kept; the next run resumes)", metadata=metadata,
+                                     "(committed pages are kept; the next run resumes)"
+                                     + "".join(f"\n{d}" for d in details), metadata=metadata,
                          allow_retries=set(codes) <= TRANSIENT_CODES)
     yield dg.MaterializeResult(asset_key="dm_history", metadata=metadata)
     yield dg.MaterializeResult(asset_key="dm_sync_audit", metadata={"pages": metadata["pages"],

@@ -20,6 +20,8 @@ from dm_pipeline.models import Account, EventRow, Page, QuarantinedEvent, Stream
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 REPLACEMENT = "\ufffd"
 USER_ID_RE = re.compile(r"^[0-9]{1,19}$")
+ASCII_ID = re.compile(r"[0-9]{1,19}", re.ASCII)
+MAX_CURSOR = 4096  # a real cursor is well under 200 characters; a longer one is not stored
 # Canonical JSON for content hashes; datetimes and dataclasses go through `default=str`, as json.dumps does.
 _CANONICAL = orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
 
@@ -123,7 +125,7 @@ def id_field(raw: dict[str, Any], name: str, flags: set[str], *, required: bool 
     if isinstance(value, int):
         flags.add("coerced_types")
         value = str(value)
-    if not value.isdigit() or len(value) > 19:
+    if not ASCII_ID.fullmatch(value):  # str.isdigit() accepts "²³" and "١٢٣٤", which int() or X never would
         if required:
             raise BadEvent("invalid_id", f"`{name}` is not a numeric ID")
         flags.add("coerced_types")
@@ -171,6 +173,12 @@ def normalize_all(items: Any, normalize: Callable[[dict[str, Any]], EventRow]
             pid = raw.get("id")
             quarantined.append(QuarantinedEvent(str(pid)[:64] if isinstance(pid, str | int) else None,
                                                 exc.error_code, exc.reason, raw, content_hash(raw)))
+        except RecursionError:
+            # Nested deeper than Python (and Postgres) can walk: kept as a placeholder, never re-walked.
+            pid = item.get("id")
+            raw = {"id": pid[:64] if isinstance(pid, str) else None, "unstorable": "nested too deeply"}
+            quarantined.append(QuarantinedEvent(raw["id"], "too_deep", "the event is nested too deeply", raw,
+                                                content_hash(raw)))
     return events, quarantined
 
 
@@ -178,9 +186,12 @@ def decode_json(body: bytes) -> Any:
     """A response body's JSON: orjson (~2x the stdlib on pages of 100 events), else the stdlib, which also
     takes what orjson refuses (lone surrogate escapes, which sanitize() then replaces). Raises ValueError."""
     try:
-        return orjson.loads(body)
+        return orjson.loads(body)  # refuses nesting deeper than 1024 levels
     except orjson.JSONDecodeError:
-        return json.loads(body)
+        try:
+            return json.loads(body)
+        except RecursionError:
+            raise ValueError("the JSON is nested too deeply") from None
 
 
 def content_hash(content: dict[str, Any]) -> str:
@@ -198,7 +209,7 @@ def content_hash(content: dict[str, Any]) -> str:
 def user_row(raw_user: dict[str, Any], username_key: str = "username") -> UserRow | None:
     user, _ = sanitize(raw_user)
     uid = user.get("id")
-    if not isinstance(uid, str | int) or not str(uid).isdigit():
+    if isinstance(uid, bool) or not isinstance(uid, str | int) or not ASCII_ID.fullmatch(str(uid)):
         return None
     return UserRow(user_id=str(uid), username=user.get(username_key), name=user.get("name"), raw=user,
                    content_hash=content_hash(user))
@@ -211,3 +222,16 @@ def parse_timestamp(value: Any) -> datetime | None:
         return datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return None
+
+
+def cursor_problem(cursor: str | None) -> str | None:
+    """Why a provider's next cursor cannot be stored and sent back, or None. A cursor goes into sync_state
+    and the audit and back into a URL: longer than MAX_CURSOR, or holding NUL or a lone surrogate
+    (Postgres refuses both), it is a malformed response, not a checkpoint."""
+    if cursor is None:
+        return None
+    if len(cursor) > MAX_CURSOR:
+        return f"a next cursor of {len(cursor)} characters (more than {MAX_CURSOR})"
+    if _UNSTORABLE.search(cursor):
+        return "a next cursor holding NUL or a lone surrogate"
+    return None

@@ -281,7 +281,12 @@ class XClient:
         except AuthError as exc:
             if self._refresh is None:
                 raise
-            sent = self._send(stream, cursor, budget, self._refresh())
+            try:
+                token = self._refresh()
+            except ProviderError as failed:  # the refused, failed or unparseable refresh: count the 401 too
+                failed.requests += exc.requests
+                raise failed from None
+            sent = self._send(stream, cursor, budget, token)
             sent = Sent(sent.response, sent.requests + exc.requests, sent.rate_limit)
         try:
             body = decode_json(sent.response.content)

@@ -497,6 +497,86 @@ class World:
             ev.entities = None          # indices would no longer match the new text
             ev.edit_count += 1
 
+    # --- growing the world (after construction; a world never grown is unchanged) ---------------
+    def add_partners(self, user_id: str, n: int, events_each: int = 1, *, seconds: float = 60.0) -> list[str]:
+        """Move `now` by `seconds` and add `n` new users, each in a new 1:1 with account `user_id` holding
+        `events_each` messages spread over that interval (the first from the account: no message request,
+        so no GetXAPI trust event is due). Returns the new users' IDs, in creation order.
+
+        The users come from a generator of their own (derived from the seed and the world's size), the
+        messages from the world's, as `advance` draws: worlds built and grown by the same calls are
+        identical. The conversations are in the account's GetXAPI `all` tab and among its random picks
+        (a later `advance(user_id, ...)` may post in them); X, Xquik and GetXAPI all serve them."""
+        if user_id not in self._accounts:
+            raise KeyError(f"{user_id} is not an account")
+        if n < 0 or events_each < 1:
+            raise ValueError("need n >= 0 and events_each >= 1")
+        with self.lock:
+            rng = random.Random(f"{self.seed}:partners:{len(self._user_order)}")
+            start_ms = to_ms(self.now)
+            added: list[str] = []
+            while len(added) < n:
+                digits = rng.randint(15, 19)
+                uid = str(rng.randrange(10 ** (digits - 1), 10 ** digits))
+                if uid in self._users:
+                    continue
+                i = len(self._user_order)
+                self._users[uid] = SimUser(
+                    id=uid, username=f"partner_{i}", name=f"Partner {i} {rng.choice(_UNICODE)[:12]}",
+                    created_ms=start_ms - rng.randint(400, 5000) * 86_400_000,
+                    description=rng.choice(_UNICODE + _ASCII), location=rng.choice(["Lagos", "Lima", "", "Oslo"]),
+                    protected=False, verified=rng.random() < 0.2, followers=rng.randint(0, 5_000))
+                self._user_order.append(uid)
+                lo, hi = sorted((user_id, uid), key=int)
+                conv = SimConversation(f"{lo}-{hi}", False, [lo, hi], (user_id,))
+                self._add_conv(conv)
+                self._tabs[user_id][conv.id] = "all"
+                self._conv_picks[user_id].extend([conv] * 3)
+                added.append(uid)
+            convs = [self._convs[f"{lo}-{hi}"] for lo, hi in (sorted((user_id, u), key=int) for u in added)]
+            slots = [conv for conv in convs for _ in range(events_each)]
+            self._rng.shuffle(slots)
+            for ms, conv in zip(self._interval_times(seconds, len(slots)), slots, strict=True):
+                first = not self._by_conv[conv.id]
+                self._post(conv, ms, user_id if first else None)
+            return added
+
+    def post(self, conversation_id: str, k: int = 1, *, seconds: float = 60.0,
+             sender: str | None = None) -> list[str]:
+        """Move `now` by `seconds` and add `k` messages to one conversation, spread over that interval and
+        newer than every event so far (from `sender`, else each from a random member). Returns their IDs."""
+        if k < 0:
+            raise ValueError("k must be >= 0")
+        with self.lock:
+            conv = self._convs[conversation_id]
+            if sender is not None and sender not in conv.members:
+                raise ValueError(f"{sender} is not a member of {conversation_id}")
+            return [self._post(conv, ms, sender).id for ms in self._interval_times(seconds, k)]
+
+    def _interval_times(self, seconds: float, k: int) -> list[int]:
+        """Move `now` by `seconds`; `k` sorted instants (ms) in the interval just elapsed, as `advance`."""
+        old_ms = to_ms(self.now)
+        self.now += timedelta(seconds=seconds)
+        new_ms = to_ms(self.now)
+        return sorted(self._rng.randint(old_ms + 1 if new_ms > old_ms else new_ms, new_ms) for _ in range(k))
+
+    def _post(self, conv: SimConversation, ms: int, sender: str | None) -> SimEvent:
+        """One MessageCreate in `conv` (text from the pool, one in seven with a photo or video)."""
+        r = self._rng.random
+        num = self._next_num(ms)
+        who = sender if sender is not None else conv.members[int(r() * len(conv.members))]
+        ev = SimEvent(num, MESSAGE_CREATE, conv.id, sender_id=who, text=self._texts[int(r() * len(self._texts))])
+        if r() < 0.15:
+            ev.media_keys = (self._new_media(num),)
+        thread = self._by_conv[conv.id]
+        if thread and num % 9 == 4 and self._events[thread[-1]].event_type == MESSAGE_CREATE:
+            ev.reply_to = thread[-1]
+        self._events[num] = ev
+        thread.append(num)
+        for a in conv.accounts:
+            self._by_account[a].append(num)
+        return ev
+
     # --- reading streams ----------------------------------------------------------------------
     def window_floor(self, route: str) -> int:
         """Smallest snowflake visible on `route` now (0 when the route has no retention window)."""
