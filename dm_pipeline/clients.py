@@ -12,6 +12,7 @@ from sqlalchemy import Engine, text
 
 from dm_pipeline.db.account_state import AccountGovernor
 from dm_pipeline.errors import ConfigError
+from dm_pipeline.http import bounds
 from dm_pipeline.http.policy import RetryPolicy
 from dm_pipeline.http.ratelimit import Governor
 from dm_pipeline.models import Account, Provider
@@ -59,7 +60,7 @@ def http_client(timeout_s: float = 30.0) -> httpx.Client:
     # One client (connection pool, cookies) per account; httpx's own retries cover connect errors only,
     # every retry decision lives in http/policy.py.
     return httpx.Client(timeout=httpx.Timeout(timeout_s, connect=10.0), follow_redirects=False,
-                        headers={"User-Agent": "dm_pipeline/0.1"}, verify=_tls())
+                        headers={"User-Agent": "dm_pipeline/0.1"}, transport=bounds.transport(_tls()))
 
 
 def known_conversations(engine: Engine, account_key: str) -> Callable[[], list[str]]:

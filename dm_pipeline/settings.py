@@ -27,6 +27,9 @@ class Settings:
     poll_interval_s: float = 900.0          # the schedule's interval: billed streams back off from it
     x_inbox_window_days: int | None = 30    # days of events /2/dm_events serves
     x_conversation_window_days: int | None = None  # days the conversation routes serve (None: all history)
+    request_deadline_s: float = 60.0        # one HTTP request, connect to last byte
+    max_body_bytes: int = 16 << 20          # the largest response body read
+    run_timeout_s: float = 3600.0           # a Dagster sync run is stopped after this (dagster/max_runtime)
 
     @property
     def pgdata(self) -> Path:
@@ -46,6 +49,9 @@ def load_settings() -> Settings:
         poll_interval_s=_number("DM_PIPELINE_POLL_INTERVAL_S", "900", float, minimum=1),
         x_inbox_window_days=_days("DM_PIPELINE_X_INBOX_WINDOW_DAYS", "30"),
         x_conversation_window_days=_days("DM_PIPELINE_X_CONVERSATION_WINDOW_DAYS", ""),
+        request_deadline_s=_number("DM_PIPELINE_REQUEST_DEADLINE_S", "60", float, minimum=1),
+        max_body_bytes=int(_number("DM_PIPELINE_MAX_BODY_MB", "16", float, minimum=1) * (1 << 20)),
+        run_timeout_s=_number("DM_PIPELINE_RUN_TIMEOUT_S", "3600", float, minimum=60),
     )
 
 

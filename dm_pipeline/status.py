@@ -88,6 +88,16 @@ ERROR_HELP: dict[str, tuple[str, str]] = {
     "transport_error": ("the provider could not be reached (connection error or timeout, after retries)",
                         "check base_url and the network; the next run resumes"),
     "service_unavailable": ("the provider answered 503 on every retry", "nothing: the next run resumes"),
+    "request_deadline": ("the provider did not answer completely within the request deadline (a stalled or "
+                         "trickling connection); the account's other streams were skipped",
+                         "nothing usually: the next run tries again; raise DM_PIPELINE_REQUEST_DEADLINE_S if the "
+                         "provider is merely slow"),
+    "response_too_large": ("the provider sent a body larger than DM_PIPELINE_MAX_BODY_MB",
+                           "check base_url (a proxy page?); raise DM_PIPELINE_MAX_BODY_MB if pages are that big"),
+    "commit_failed": ("Postgres refused a page commit (the log names the constraint, never a row value)",
+                      "the committed pages stand and the next run resumes; check the database if it persists"),
+    "oversized_page": ("a page carried more events than max_results asked for (flagged on its audit row)",
+                       "nothing: the events are stored; report it to the provider if it persists"),
     "rate_limited": ("the account's rate-limit window is spent past the run's budget: its streams are parked "
                      "without a request until the stored reset time",
                      "nothing: a run after the reset resumes (raise DM_PIPELINE_TIME_BUDGET_S to wait instead)"),

@@ -129,5 +129,8 @@ def dm_history_assets(context: dg.AssetExecutionContext, config: SyncConfig, war
                                   metadata=outcome.metadata)
 
 
+# A run that hangs (a host that never finishes answering, a stuck database) is stopped by the daemon's run
+# monitoring after DM_PIPELINE_RUN_TIMEOUT_S, so it frees its provider's run slot (dagster.yaml).
 dm_sync_job = dg.define_asset_job("dm_sync_job", selection=[dm_history_assets],
-                                  partitions_def=accounts_partitions)
+                                  partitions_def=accounts_partitions,
+                                  tags={"dagster/max_runtime": str(int(load_settings().run_timeout_s))})

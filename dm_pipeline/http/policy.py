@@ -10,15 +10,26 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import httpx
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from dm_pipeline.errors import ProviderError, RateLimited, TransientProviderError
+from dm_pipeline.http import bounds
 from dm_pipeline.http.ratelimit import Governor, parse_rate_limit, wait_hint
 from dm_pipeline.models import RateLimitInfo
 
+if TYPE_CHECKING:
+    from dm_pipeline.settings import Settings
+
 RETRYABLE_STATUS = frozenset({429, 503})
+
+
+def _settings() -> Settings:
+    from dm_pipeline.settings import load_settings
+
+    return load_settings()
 ErrorMapper = Callable[[httpx.Response], ProviderError]
 
 
@@ -43,6 +54,10 @@ class RetryPolicy:
     max_backoff_s: float = 8.0
     max_hinted_wait_s: float = 900.0   # a provider-requested wait longer than this is never slept
     sleep: Callable[[float], None] = field(default=time.sleep)
+    # One request, connect to last byte (DM_PIPELINE_REQUEST_DEADLINE_S), and its largest body
+    # (DM_PIPELINE_MAX_BODY_MB): a real page is well under 1 MB.
+    request_deadline_s: float = field(default_factory=lambda: _settings().request_deadline_s)
+    max_body_bytes: int = field(default_factory=lambda: _settings().max_body_bytes)
 
     def backoff(self) -> wait_exponential_jitter:
         return wait_exponential_jitter(initial=self.initial_backoff_s, max=self.max_backoff_s, jitter=0.5)
@@ -85,9 +100,22 @@ def send(client: httpx.Client, request: httpx.Request, *, map_error: ErrorMapper
                                       requests=attempts)
                 policy.sleep(pause)
         attempts += 1
+        until = time.monotonic() + policy.request_deadline_s
         try:
-            response = client.send(request)
+            with bounds.deadline(policy.request_deadline_s):
+                response = client.send(request, stream=True)
+                try:
+                    bounds.read_bounded(response, policy.max_body_bytes)
+                finally:
+                    response.close()
+        except bounds.BodyTooLarge as exc:
+            raise ProviderError(str(exc), error_code="response_too_large", requests=attempts) from None
         except httpx.TransportError as exc:
+            if time.monotonic() >= until:
+                # Not retried: a host that trickles its answer would hold the stream for every attempt.
+                raise ProviderError(f"{request.url.host} did not answer completely within "
+                                    f"{policy.request_deadline_s:g}s", error_code="request_deadline",
+                                    requests=attempts) from None
             raise TransientProviderError(f"{type(exc).__name__} talking to {request.url.host}",
                                          error_code="transport_error", requests=attempts) from None
         info = parse_rate_limit(response.headers)
