@@ -111,7 +111,7 @@ def id_field(raw: dict[str, Any], name: str, flags: set[str], *, required: bool 
     """A numeric-string ID field. An integer is coerced (and flagged); anything else non-numeric is a
     bad event when the field is required, and dropped (flagged) when it is not."""
     value = raw.get(name)
-    if type(value) is str and value.isdigit() and len(value) <= 19:
+    if type(value) is str and value.isascii() and value.isdigit() and len(value) <= 19:
         return value  # the common case, first
     if value is None:
         if required:

@@ -109,7 +109,7 @@ class XquikClient:
     def _partner_id(self, partner: str, budget: Budget) -> tuple[str, int]:
         """(numeric ID, requests spent). A username costs one `GET /x/users/{id}` (and a credit) the first
         time only: the profile is stored in dm_users with the page, and later runs read it from there."""
-        if partner.isdigit():
+        if partner.isascii() and partner.isdigit():
             return validate_id(partner, USER_ID_RE, "partner"), 0
         if partner in self._partner_ids:
             return self._partner_ids[partner], 0

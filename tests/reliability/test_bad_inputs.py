@@ -8,6 +8,7 @@ and Postgres are real."""
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -71,6 +72,8 @@ class Case:
     expect: str                                  # stored:<flag>|stored_exact|quarantined:<code>|failed:<code>
     raw_body: Callable[[str], bytes] | None = None
     providers: tuple[str, ...] = ("x", "xquik", "getxapi")
+    status: int = 200
+    streamed_mb: int = 0                         # a body of this many MB, streamed (never held whole)
 
 
 RTL_ZWJ = "مرحبا بك 👩‍👩‍👧‍👦 שלום 🏳️‍🌈 ‏עברית‏"
@@ -96,7 +99,34 @@ CASES = [
     Case("truncated_json", None, "failed:malformed_response",
          raw_body=lambda p: json.dumps(body(p, [event(p, GOOD_IDS[0])])).encode()[:40]),
     Case("json_of_wrong_shape", None, "failed:malformed_response", raw_body=lambda p: b"[1, 2, 3]"),
+    # A hostile endpoint (issue 17): each ends typed and audited, never a traceback or a stored bad ID.
+    Case("superscript_digit_id", lambda p: event(p, "²³"), "quarantined:invalid_id"),
+    Case("arabic_indic_digit_id", lambda p: event(p, "١٢٣٤"), "quarantined:invalid_id"),
+    Case("nested_5000_levels", None, "failed:malformed_response",
+         raw_body=lambda p: json.dumps(body(p, [event(p, GOOD_IDS[0])]))[:-1].encode()
+         + b', "deep": ' + b"[" * 5000 + b"]" * 5000 + b"}"),
+    Case("cursor_with_nul_and_surrogate", None, "failed:malformed_response",
+         raw_body=lambda p: json.dumps(with_cursor(p, "abc\x00def\ud800")).encode()),
+    Case("cursor_of_200_kb", None, "failed:malformed_response",
+         raw_body=lambda p: json.dumps(with_cursor(p, "c" * 200_000)).encode()),
+    Case("problem_with_control_chars", None, "failed_typed", status=403,
+         raw_body=lambda p: json.dumps({"type": "https://api.twitter.com/2/problems/\x01\x07" + "a" * 5000,
+                                        "title": "\x1b[31m" + "t" * 5000, "error": "\x01" + "b" * 5000,
+                                        "status": 403}).encode()),
+    Case("body_of_120_mb", None, "failed:response_too_large", streamed_mb=120),
 ]
+
+
+def with_cursor(provider: str, cursor: str) -> dict[str, Any]:
+    """A good page whose next cursor is `cursor`."""
+    page = body(provider, [event(provider, GOOD_IDS[0])])
+    if provider == "x":
+        page["meta"]["next_token"] = cursor
+    elif provider == "xquik":
+        page.update(has_next_page=True, next_cursor=cursor)
+    else:
+        page.update(has_more=True, next_cursor=cursor)
+    return page
 PARAMS = [(c, p) for c in CASES for p in c.providers]
 
 
@@ -113,14 +143,22 @@ def client_for(provider: str, transport: httpx.MockTransport) -> Any:
 
 @pytest.mark.parametrize(("case", "provider"), PARAMS, ids=[f"{p}:{c.name}" for c, p in PARAMS])
 def test_bad_input(engine, case: Case, provider: str) -> None:  # type: ignore[no-untyped-def]
-    if case.raw_body is not None:
+    if case.streamed_mb:
+        payload = b""
+    elif case.raw_body is not None:
         payload = case.raw_body(provider)
     else:
         payload = json.dumps(body(provider, [event(provider, GOOD_IDS[0]), case.bad(provider),  # type: ignore[misc]
                                              event(provider, GOOD_IDS[1])])).encode()
-    transport = httpx.MockTransport(lambda request: httpx.Response(
-        200, content=payload, headers={"content-type": "text/html" if payload.startswith(b"<") else
-                                       "application/json"}))
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if case.streamed_mb:
+            chunks = (b'{"data": [' if i == 0 else b" " * (1 << 20) for i in range(case.streamed_mb))
+            return httpx.Response(200, content=chunks, headers={"content-type": "application/json"})
+        return httpx.Response(case.status, content=payload, headers={
+            "content-type": "text/html" if payload.startswith(b"<") else "application/json"})
+
+    transport = httpx.MockTransport(answer)
     client = client_for(provider, transport)
     result = sync_account(engine, client, f"bad-{uuid.uuid4()}", RunLimits())
     (stream,) = result.streams
@@ -131,7 +169,11 @@ def test_bad_input(engine, case: Case, provider: str) -> None:  # type: ignore[n
         audit = conn.execute(text("SELECT row_kind, events_quarantined, error_code FROM dm_audit.dm_sync_audit "
                                   "ORDER BY audit_id")).all()
     kind, _, detail = case.expect.partition(":")
-    if kind == "failed":
+    if kind == "failed_typed":  # any code, but a clean one, on a job row, nothing stored
+        ok = (stream.status is StreamStatus.FAILED and bool(re.fullmatch(r"[a-z0-9_]{1,64}", stream.error_code or ""))
+              and not rows and [a.row_kind for a in audit] == ["job"] and audit[0].error_code == stream.error_code)
+        observed = f"{stream.status.value}/{stream.error_code!r:.80}, {len(rows)} rows"
+    elif kind == "failed":
         ok = (stream.status is StreamStatus.FAILED and stream.error_code == detail and not rows
               and [a.row_kind for a in audit] == ["job"] and audit[0].error_code == detail)
         observed = f"{stream.status.value}/{stream.error_code}, {len(rows)} rows"
