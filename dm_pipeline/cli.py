@@ -199,7 +199,8 @@ def db_url(dagster: bool, libpq: bool) -> None:
 
 @db.command("psql", context_settings={**CONTEXT, "ignore_unknown_options": True},
             short_help="Open psql on the warehouse (--analyst: as dm_analyst).")
-@click.option("--analyst", is_flag=True, help="Connect as the dm_analyst role (no access to dm_private).")
+@click.option("--analyst", is_flag=True, help="Connect as a login that is only a dm_analyst member (no access to "
+              "dm_private by any statement; DM_ANALYST_URL in production).")
 @click.argument("psql_args", nargs=-1, type=click.UNPROCESSED)
 @friendly_errors
 def db_psql(analyst: bool, psql_args: tuple[str, ...]) -> None:
@@ -213,14 +214,22 @@ def db_psql(analyst: bool, psql_args: tuple[str, ...]) -> None:
 
     from dm_pipeline.db.engine import app_url
 
-    url = app_url(_settings()).set(drivername="postgresql").render_as_string(hide_password=False)
+    settings = _settings()
+    target = app_url(settings)
     binary = shutil.which("psql") or _bundled_psql()
     if binary is None:
         raise ConfigError("psql is not installed. Fix: install the PostgreSQL client (e.g. apt install "
                           "postgresql-client), or use any client with `dm-pipeline db url --libpq`")
     env = dict(os.environ)
     if analyst:
-        env["PGOPTIONS"] = (env.get("PGOPTIONS", "") + " -c role=dm_analyst").strip()
+        # A login that is only an analyst (not a role switch a session could undo), a minimal environment,
+        # and the password through PGPASSWORD, never argv.
+        from dm_pipeline.db.analyst import analyst_url, psql_environment
+
+        target = analyst_url(target, settings.home)
+        env = psql_environment(target.password if isinstance(target.password, str) else None)
+        target = target.set(password=None)
+    url = target.set(drivername="postgresql").render_as_string(hide_password=False)
     sys.stdout.flush()
     os.execvpe(binary, [binary, url, *psql_args], env)
 

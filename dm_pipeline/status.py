@@ -45,7 +45,8 @@ ERROR_HELP: dict[str, tuple[str, str]] = {
                             "token may have been spent", "authorize again and export the new pair"),
     "partial_error": ("X answered 200 with `errors` and no data", "check the conversation IDs and the account's "
                       "access; the next run tries again"),
-    "refresh_failed": ("the token refresh could not reach X (network)", "nothing: the next run tries again"),
+    "refresh_failed": ("the token refresh could not reach X, or X's token endpoint failed (5xx, 429)",
+                       "nothing: the next run tries again"),
     "token_expired": ("X: the access token expired and no refresh token is stored",
                       "authorize with the offline.access scope, set `oauth.refresh_token_env`, delete the "
                       "account's row from dm_private.oauth_tokens and export the new tokens"),

@@ -87,10 +87,18 @@ def test_db_url_libpq_is_a_uri_psql_accepts(db_url: str) -> None:
 
 def test_db_psql_as_analyst_cannot_read_message_text(db_url: str) -> None:
     env = {"DATABASE_URL": db_url}
-    ok = cli("db", "psql", "--analyst", "-X", "-At", "-c", "SELECT current_user", env=env)
-    assert ok.returncode == 0 and ok.stdout.strip() == "dm_analyst", ok.stderr
-    denied = cli("db", "psql", "--analyst", "-X", "-c", "SELECT text FROM dm_private.dm_history", env=env)
-    assert denied.returncode != 0 and "permission denied" in denied.stderr
+    ok = cli("db", "psql", "--analyst", "-X", "-At", "-c", "SELECT current_user, session_user", env=env)
+    assert ok.returncode == 0 and ok.stdout.strip() == "dm_analyst_login|dm_analyst_login", ok.stderr
+    # No statement of the session widens it: the login never held more than the analyst's rights.
+    for escape in ("", "SET ROLE NONE;", "RESET ROLE;", "SET ROLE postgres;", "SET SESSION AUTHORIZATION postgres;"):
+        denied = cli("db", "psql", "--analyst", "-X", "-c", f"{escape} SELECT text FROM dm_private.dm_history",
+                     env=env)
+        assert denied.returncode != 0 and ("permission denied" in denied.stderr), (escape, denied.stderr)
+    views = cli("db", "psql", "--analyst", "-X", "-At", "-c", "SELECT count(*) FROM dm_analytics.messages", env=env)
+    assert views.returncode == 0, views.stderr
+    leaked = cli("db", "psql", "--analyst", "-X", "-At", "-c", "SHOW dm.whatever", env={
+        **env, "DM_PIPELINE_TOKEN_KEY": "k", "X_TOKEN_SECRET": "t", "PGOPTIONS": "-c dm.whatever=leak"})
+    assert "leak" not in leaked.stdout  # psql gets a minimal environment
 
 
 def test_simulator_serve_prints_what_a_sync_against_it_needs(tmp_path: Path, db_url: str) -> None:

@@ -4,6 +4,7 @@ tokens, Basic auth for confidential clients, tokens encrypted at rest and never 
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import UTC
 
 import httpx
 import pytest
@@ -92,3 +93,181 @@ def test_a_wrong_encryption_key_is_a_clear_config_error(engine, sim, oauth_accou
     monkeypatch.setenv("DM_PIPELINE_TOKEN_KEY", Fernet.generate_key().decode())
     (stream,) = run_sync(engine, account).streams
     assert stream.status is StreamStatus.FAILED and stream.error_code == "config_error"
+
+
+def token_posts(sim) -> int:  # type: ignore[no-untyped-def]
+    return int(sim.requests(route="oauth_token"))
+
+
+def rejected_at(engine):  # type: ignore[no-untyped-def]
+    with engine.connect() as conn:
+        return conn.scalar(text("SELECT refresh_rejected_at FROM dm_private.oauth_tokens"))
+
+
+def spend(sim, refresh: str) -> None:  # type: ignore[no-untyped-def]
+    """Another client spends the refresh token (X tokens are single-use): ours is refused from now on."""
+    r = httpx.post(f"{sim.url}/2/oauth2/token", data={"grant_type": "refresh_token", "refresh_token": refresh,
+                                                      "client_id": "sim-client"})
+    assert r.status_code == 200
+
+
+def manager(engine, account, http):  # type: ignore[no-untyped-def]
+    import os
+
+    from dm_pipeline.oauth import XOAuth
+
+    return XOAuth(account, engine, http, lambda name: os.environ.get(name) if name else None)
+
+
+def test_a_refused_refresh_token_is_posted_once_across_runs_and_a_fresh_exported_pair_recovers(  # type: ignore[no-untyped-def]
+        engine, sim, oauth_account, monkeypatch) -> None:
+    account, first_refresh = oauth_account
+    assert run_sync(engine, account).status is StreamStatus.SUCCEEDED
+    # a second stream, not synced yet: it would need a request of its own
+    account = replace(account, conversation_ids=(sim.world.conversations_of(account.user_id)[0].id,))
+    spend(sim, first_refresh)
+    sim.oauth.expire(account.user_id)
+    posts = token_posts(sim)
+
+    inbox, conversation = run_sync(engine, account).streams
+    assert (inbox.status, inbox.error_code, inbox.http_status) == (StreamStatus.FAILED, "refresh_rejected", 400)
+    assert inbox.requests == 2                            # the 401 and the refused POST
+    assert conversation.status is StreamStatus.SKIPPED and conversation.requests == 0
+    assert token_posts(sim) == posts + 1 and rejected_at(engine) is not None
+
+    before = len(sim.request_log)
+    inbox, conversation = run_sync(engine, account).streams   # the next run: no request at all
+    assert (inbox.status, inbox.error_code, inbox.http_status, inbox.requests) == (
+        StreamStatus.FAILED, "refresh_rejected", None, 0)
+    assert conversation.status is StreamStatus.SKIPPED
+    assert len(sim.request_log) == before and token_posts(sim) == posts + 1
+    with engine.connect() as conn:
+        job = conn.execute(text("SELECT requests, http_status, error_code FROM dm_audit.dm_sync_audit "
+                                "WHERE row_kind = 'job' AND stream_key = 'dm_events' ORDER BY audit_id DESC")).all()
+    assert [tuple(r) for r in job[:2]] == [(0, None, "refresh_rejected"), (2, 400, "refresh_rejected")]
+
+    # The operator authorizes again and exports the new pair: stored in place of the refused one, used as is.
+    access, refresh = sim.oauth.issue(account.user_id)
+    monkeypatch.setenv("T_ACCESS", access)
+    monkeypatch.setenv("T_REFRESH", refresh)
+    sim.world.advance(account.user_id, 3)
+    result = run_sync(engine, account)
+    assert result.status is StreamStatus.SUCCEEDED and result.total("inserted") == 3
+    assert token_posts(sim) == posts + 1                   # a fresh access token needs no refresh
+    assert rejected_at(engine) is None and stored_refresh_token(engine) == refresh
+    # and its refresh token rotates as usual when that access token expires
+    sim.oauth.expire(account.user_id)
+    assert run_sync(engine, account).status is StreamStatus.SUCCEEDED
+    assert token_posts(sim) == posts + 2 and stored_refresh_token(engine) not in (refresh, first_refresh)
+    assert_equals_truth(engine, account.key, sim.world.truth(account.user_id))
+
+
+def test_two_processes_post_a_refused_refresh_token_once(engine, sim, oauth_account) -> None:  # type: ignore[no-untyped-def]
+    import os
+
+    from dm_pipeline.errors import AuthError
+
+    account, first_refresh = oauth_account
+    with httpx.Client() as http:
+        a, b = manager(engine, account, http), manager(engine, account, http)
+        assert a.access_token() == b.access_token() == os.environ["T_ACCESS"]
+        spend(sim, first_refresh)
+        posts = token_posts(sim)
+        with pytest.raises(AuthError) as refused:
+            a.refresh()                                     # e.g. on a 401
+        assert (refused.value.error_code, refused.value.http_status, refused.value.requests) == (
+            "refresh_rejected", 400, 1)
+        assert rejected_at(engine) is not None             # committed although the refresh raised
+        for call in (b.refresh, b.access_token, a.access_token):
+            with pytest.raises(AuthError) as again:
+                call()
+            assert (again.value.error_code, again.value.http_status, again.value.requests) == (
+                "refresh_rejected", None, 0)
+        assert token_posts(sim) == posts + 1
+    message = str(again.value)
+    assert "refused" in message and rejected_at(engine).astimezone(UTC).strftime("%Y-%m-%d %H:%M") in message
+    assert not message.endswith("…") and not str(refused.value).endswith("…")   # the fix is not cut off
+    assert "T_ACCESS" in message and "T_REFRESH" in message and "authorize" in message
+    for secret in (first_refresh, os.environ["T_ACCESS"], stored_refresh_token(engine)):
+        assert secret not in message and secret not in str(refused.value)
+
+
+def test_an_exported_refresh_token_alone_is_refreshed_before_use(engine, sim, oauth_account, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    account, first_refresh = oauth_account
+    run_sync(engine, account)
+    spend(sim, first_refresh)
+    sim.oauth.expire(account.user_id)
+    assert run_sync(engine, account).streams[0].error_code == "refresh_rejected"
+    _, refresh = sim.oauth.issue(account.user_id)
+    monkeypatch.setenv("T_REFRESH", refresh)              # T_ACCESS still holds the dead access token
+    posts, refreshes = token_posts(sim), sim.oauth.refreshes
+    result = run_sync(engine, account)
+    assert result.status is StreamStatus.SUCCEEDED and result.total("requests") == 1   # no 401 first
+    assert token_posts(sim) == posts + 1 and sim.oauth.refreshes == refreshes + 1
+    assert rejected_at(engine) is None and stored_refresh_token(engine) not in (refresh, first_refresh)
+
+
+def test_a_client_refusal_or_an_outage_of_the_token_endpoint_is_not_remembered(engine, sim, oauth_account) -> None:  # type: ignore[no-untyped-def]
+    account, _ = oauth_account
+    run_sync(engine, account)
+    sim.oauth.expire(account.user_id)
+    for kind, code, status in (("503", "refresh_failed", 503), ("401", "refresh_rejected", 401)):
+        sim.faults.inject(None, "oauth_token", kind)
+        (stream,) = run_sync(engine, account).streams
+        assert (stream.status, stream.error_code, stream.http_status, stream.requests) == (
+            StreamStatus.FAILED, code, status, 2)
+        assert rejected_at(engine) is None                 # X did not refuse the refresh token itself
+    assert run_sync(engine, account).status is StreamStatus.SUCCEEDED and sim.oauth.refreshes == 1
+
+
+@pytest.mark.parametrize(("kind", "params"), [("malformed_json", {}), ("html", {"status": 200})])
+def test_a_refresh_reply_that_is_no_token_is_a_typed_error(engine, sim, oauth_account, kind, params) -> None:  # type: ignore[no-untyped-def]
+    account, _ = oauth_account
+    run_sync(engine, account)
+    sim.oauth.expire(account.user_id)
+    sim.faults.inject(None, "oauth_token", kind, **params)
+    (stream,) = run_sync(engine, account).streams
+    assert (stream.status, stream.error_code, stream.http_status, stream.requests) == (
+        StreamStatus.FAILED, "refresh_unparseable", 200, 2)
+    # The simulator's fault left the token unspent: the next run refreshes with it.
+    assert run_sync(engine, account).status is StreamStatus.SUCCEEDED and sim.oauth.refreshes == 1
+
+
+@pytest.mark.parametrize("reply", [
+    httpx.Response(200, content=b"not json"), httpx.Response(200, json=["access_token"]),
+    httpx.Response(200, json="token"), httpx.Response(200, json={"token_type": "bearer"}),
+    httpx.Response(200, json={"access_token": 12345}), httpx.Response(200, json={"access_token": ""}),
+    httpx.Response(200, json={"access_token": "new-access", "refresh_token": {"x": 1}}),
+])
+def test_an_unparseable_refresh_reply_says_the_token_may_be_spent(engine, oauth_account, reply) -> None:  # type: ignore[no-untyped-def]
+    from dm_pipeline.errors import AuthError
+
+    account, refresh = oauth_account
+    posts: list[httpx.Request] = []
+
+    def token_endpoint(request: httpx.Request) -> httpx.Response:
+        posts.append(request)
+        return reply
+
+    with httpx.Client(transport=httpx.MockTransport(token_endpoint)) as http:
+        oauth = manager(engine, account, http)
+        oauth.access_token()
+        with pytest.raises(AuthError) as info:
+            oauth.refresh()
+    exc = info.value
+    assert (exc.error_code, exc.http_status, exc.requests, len(posts)) == ("refresh_unparseable", 200, 1, 1)
+    assert exc.__cause__ is None
+    message = str(exc)
+    assert "may have been spent" in message and message.endswith("export the new pair under T_ACCESS and T_REFRESH")
+    assert refresh not in message and "new-access" not in message
+    assert stored_refresh_token(engine) == refresh and oauth.refreshes == 0
+
+
+def test_a_lenient_expires_in_keeps_a_token_reply(engine, oauth_account) -> None:  # type: ignore[no-untyped-def]
+    account, _ = oauth_account
+    reply = {"access_token": "new-access", "refresh_token": "new-refresh", "expires_in": "soon"}
+    with httpx.Client(transport=httpx.MockTransport(lambda _: httpx.Response(200, json=reply))) as http:
+        oauth = manager(engine, account, http)
+        oauth.access_token()
+        assert oauth.refresh() == "new-access"
+    assert stored_refresh_token(engine) == "new-refresh"
