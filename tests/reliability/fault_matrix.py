@@ -139,6 +139,9 @@ def run_cell(cell: Cell, engine: Engine, sim: Any, env: dict[str, str]) -> Obser
     elif fault == "window_gap":  # the stored high-water event ages out of the 30-day window before the next run
         sync()
         sim.world.advance(uid, 3, seconds=timedelta(days=45).total_seconds())
+        with engine.begin() as conn:  # the same 45 days pass for the warehouse: its last pass is that old
+            conn.execute(text("UPDATE dm_private.sync_state SET covered_at = covered_at - interval '45 days' "
+                              "WHERE account_key = :k"), {"k": account.key})
     elif fault == "401_oauth_refresh":
         access, refresh = sim.oauth.issue(uid)
         from cryptography.fernet import Fernet
