@@ -59,6 +59,7 @@ class Account:
     # GetXAPI: calls); billed providers' idle streams back off after `poll_backoff_after` empty polls, up to
     # `max_poll_interval_s` between polls (0 disables the backoff).
     daily_budget: int | None = None
+    allow_insecure_http: bool = False  # send credentials over plain http:// to a non-loopback host
     max_poll_interval_s: int = 3600
     poll_backoff_after: int = 2
 
