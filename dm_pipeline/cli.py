@@ -414,12 +414,14 @@ def accounts_validate(path: str | None, check_env: bool) -> None:
 @click.option("--account", "account_keys", multiple=True, metavar="KEY",
               help="Only this account key (repeatable; default: all).")
 @click.option("--sweep", is_flag=True, help="Re-walk whole streams to refresh edits (still checkpointed per page).")
+@click.option("--due-only", is_flag=True, help="Skip billed streams that are backing off (as the schedule does); "
+              "by default an explicit sync polls them.")
 @click.option("--max-pages", type=click.IntRange(min=1), default=None,
               help="Pages per stream in this run (default: DM_PIPELINE_PAGE_BUDGET). A spent budget parks the pass.")
 @click.option("--per-provider", type=click.IntRange(min=1), default=4, show_default=True,
               help="Accounts of one provider syncing at once.")
 @friendly_errors
-def sync(account_keys: tuple[str, ...], sweep: bool, max_pages: int | None, per_provider: int) -> None:
+def sync(account_keys: tuple[str, ...], sweep: bool, due_only: bool, max_pages: int | None, per_provider: int) -> None:
     """Sync now, directly, outside Dagster: same engine, same checkpoints, accounts concurrently. Shows a
     progress bar per stream on a terminal (pages, events, rate-limit waits), plain lines otherwise.
 
@@ -444,7 +446,7 @@ def sync(account_keys: tuple[str, ...], sweep: bool, max_pages: int | None, per_
     limits = RunLimits(max_pages=max_pages or settings.page_budget, time_budget_s=settings.time_budget_s,
                        poll_interval_s=settings.poll_interval_s,
                        write_ahead=settings.write_ahead,
-                       sweep=sweep)
+                       sweep=sweep, honour_backoff=due_only)
     run_id = f"cli-{uuid.uuid4()}"
     live = sys.stdout.isatty() and os.environ.get("TERM") != "dumb"
     click.echo(f"sync {run_id}: {len(selection.accounts)} account(s) "

@@ -81,6 +81,7 @@ class AccountGate:
     sweep: bool
     now: datetime
     max_wait_s: float                                  # the longest wait the HTTP policy would sleep
+    honour_backoff: bool = True                        # False: poll billed streams even when not due
     states: dict[str, StreamState] = field(default_factory=dict)
     spent: int = 0                                     # cost recorded in the last 24 hours, before this run
     oldest_spend: datetime | None = None
@@ -91,8 +92,9 @@ class AccountGate:
     not_due: list[str] = field(default_factory=list)
 
     @classmethod
-    def open(cls, engine: Engine, account: Account, *, sweep: bool, now: datetime, max_wait_s: float) -> AccountGate:
-        gate = cls(engine, account, sweep, now, max_wait_s)
+    def open(cls, engine: Engine, account: Account, *, sweep: bool, now: datetime, max_wait_s: float,
+             honour_backoff: bool = True) -> AccountGate:
+        gate = cls(engine, account, sweep, now, max_wait_s, honour_backoff)
         with engine.connect() as conn:
             gate.states = writes.read_states(conn, account.key)
             if account.daily_budget is not None:
@@ -121,8 +123,8 @@ class AccountGate:
         if stream.vouched_by and state.history_complete and not state.pass_open and self.inbox_vouches(stream):
             self.dormant.append(stream.key)
             return True
-        if (self.account.provider in BILLED and state.next_poll_at is not None and not state.pass_open
-                and state.next_poll_at > self.now):
+        if (self.honour_backoff and self.account.provider in BILLED and state.next_poll_at is not None
+                and not state.pass_open and state.next_poll_at > self.now):
             self.not_due.append(stream.key)
             return True
         return False

@@ -8,8 +8,10 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from dm_pipeline.clients import TokenLookup, build_client, env_token, http_client
+from dm_pipeline.db.writes import connection_lost
 from dm_pipeline.errors import DatabaseUnavailable, DmPipelineError, PageCommitError
 from dm_pipeline.http.policy import RetryPolicy
 from dm_pipeline.models import Account, StreamResult, StreamStatus, SyncResult
@@ -37,6 +39,12 @@ def sync_accounts(engine: Engine, accounts: Sequence[Account], run_id: str, limi
                 result = sync_account(engine, client, run_id, limits, on_page, on_stream_start)
             except DatabaseUnavailable:
                 raise  # not this account's failure: the whole run stops, and says why
+            except (OperationalError, InterfaceError) as exc:
+                if not connection_lost(exc):
+                    raise
+                raise DatabaseUnavailable(f"lost the connection to Postgres while preparing {account.key} "
+                                          f"({type(getattr(exc, 'orig', None) or exc).__name__}); nothing of it "
+                                          "was fetched, the next run starts it") from None
             except DmPipelineError as exc:
                 result = SyncResult(account.key, account.provider.value, run_id, [StreamResult(
                     account.key, "*", status=StreamStatus.FAILED, error_code=exc.error_code)])

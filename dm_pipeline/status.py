@@ -97,6 +97,10 @@ ERROR_HELP: dict[str, tuple[str, str]] = {
                            "check base_url (a proxy page?); raise DM_PIPELINE_MAX_BODY_MB if pages are that big"),
     "commit_failed": ("Postgres refused a page commit (the log names the constraint, never a row value)",
                       "the committed pages stand and the next run resumes; check the database if it persists"),
+    "pass_abandoned": ("a pass parked run after run without storing anything (endless distinct cursors) and "
+                       "was abandoned where it got to, so newer messages are not held back; flagged as a gap",
+                       "run `dm-pipeline sync --sweep` for the account to re-read the range; report it to the "
+                       "provider"),
     "oversized_page": ("a page carried more events than max_results asked for (flagged on its audit row)",
                        "nothing: the events are stored; report it to the provider if it persists"),
     "rate_limited": ("the account's rate-limit window is spent past the run's budget: its streams are parked "

@@ -9,6 +9,7 @@ pages not yet committed (`write_ahead` + 1) of refetching and never leaves a gap
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Callable
@@ -52,6 +53,8 @@ class RunLimits:
     poll_interval_s: float = 900.0   # the schedule's interval: billed streams back off from it
     max_wait_s: float = 900.0        # the longest rate-limit wait ever slept (RetryPolicy.max_hinted_wait_s)
     max_cursor_restarts: int = 3     # expired cursors per stream per run, each after a successful page
+    max_stale_pass_runs: int = 5     # runs in a row a pass may park storing nothing before it is abandoned
+    honour_backoff: bool = True      # skip billed streams not due yet (the schedule); `sync` polls them anyway
     clock: Callable[[], datetime] = field(default=writes.utcnow)   # dormancy, backoff and windows
 
 
@@ -69,10 +72,28 @@ def sync_account(engine: Engine, client: ProviderClient, run_id: str, limits: Ru
                  on_page: PageHook | None = None, on_stream_start: StreamStartHook | None = None) -> SyncResult:
     """Every stream of the account that needs a request, in order, under one gate (gate.py): dormant and
     not-due streams cost nothing, and an account-level failure or limit ends the account's run."""
+    try:
+        return _sync_account(engine, client, run_id, limits, on_page, on_stream_start)
+    except (OperationalError, InterfaceError) as exc:
+        if not writes.connection_lost(exc):
+            raise
+        raise _unavailable(client.account.key, "*", exc) from None
+
+
+def _unavailable(account_key: str, stream_key: str, exc: BaseException) -> DatabaseUnavailable:
+    return DatabaseUnavailable(
+        f"lost the connection to Postgres during {account_key}/{stream_key} "
+        f"({type(getattr(exc, 'orig', None) or exc).__name__}). The pages committed before are kept; "
+        "the next run resumes from the stored cursor")
+
+
+def _sync_account(engine: Engine, client: ProviderClient, run_id: str, limits: RunLimits,
+                  on_page: PageHook | None, on_stream_start: StreamStartHook | None) -> SyncResult:
     budget = Budget.of(limits.time_budget_s)
     account = client.account
     result = SyncResult(account_key=account.key, provider=account.provider.value, run_id=run_id)
-    gate = AccountGate.open(engine, account, sweep=limits.sweep, now=limits.clock(), max_wait_s=limits.max_wait_s)
+    gate = AccountGate.open(engine, account, sweep=limits.sweep, now=limits.clock(), max_wait_s=limits.max_wait_s,
+                            honour_backoff=limits.honour_backoff)
     governor = getattr(client, "governor", None)
     try:
         for stream in client.streams():
@@ -95,12 +116,20 @@ def sync_account(engine: Engine, client: ProviderClient, run_id: str, limits: Ru
                 gate.refresh(stream.key)
                 if res.gap_suspected:
                     gate.wake([k for k in gate.states if k != stream.key])
-    finally:
-        if isinstance(governor, AccountGovernor):
-            governor.save()
-        gate.close(run_id)
+    except BaseException:
+        with contextlib.suppress(OperationalError, InterfaceError):  # keep the error that got us here
+            _close(gate, governor, run_id)
+        raise
+    _close(gate, governor, run_id)
     result.dormant, result.not_due = gate.dormant, gate.not_due
     return result
+
+
+def _close(gate: AccountGate, governor: object, run_id: str) -> None:
+    """The account's state after the run: its rate-limit window, the skipped streams' rows, the dormant."""
+    if isinstance(governor, AccountGovernor):
+        governor.save()
+    gate.close(run_id)
 
 
 def _vouches(stream: Stream) -> bool:
@@ -115,10 +144,7 @@ def sync_stream(engine: Engine, client: ProviderClient, stream: Stream, run_id: 
     except (OperationalError, InterfaceError) as exc:
         if not writes.connection_lost(exc):
             raise
-        raise DatabaseUnavailable(
-            f"lost the connection to Postgres during {client.account.key}/{stream.key} "
-            f"({type(getattr(exc, 'orig', None) or exc).__name__}). The pages committed before are kept; "
-            "the next run resumes from the stored cursor") from None
+        raise _unavailable(client.account.key, stream.key, exc) from None
 
 
 def _sync_stream(engine: Engine, client: ProviderClient, stream: Stream, run_id: str, limits: RunLimits,
@@ -155,6 +181,9 @@ def _sync_stream(engine: Engine, client: ProviderClient, stream: Stream, run_id:
                 run_id=run_id, row_kind="job", job_status=res.status.value, started_at=started,
                 requests=res.requests, events_received=res.received, error_code=res.error_code, cost=res.cost))
             raise
+        if res.status is StreamStatus.PARTIAL and state.pass_open and not state.pass_sweep and res.pages:
+            stored = res.inserted + res.updated
+            state = replace(state, pass_stale_runs=0 if stored else state.pass_stale_runs + 1)
         if res.status is StreamStatus.SUCCEEDED and not limits.sweep and account.provider in BILLED:
             state = next_poll(state, res.inserted + res.updated > 0, gate.now, limits.poll_interval_s, account)
         res.high_water_id, res.pass_cursor = state.high_water_id, state.pass_cursor
@@ -187,6 +216,15 @@ def _walk(client: ProviderClient, stream: Stream, state: StreamState, run_id: st
     # A pass left open by an earlier run is finished first; then one fresh pass picks up whatever
     # arrived meanwhile, so a run always ends current (when its budget allows).
     resumed = state.pass_open and not (limits.sweep and not state.pass_sweep)
+    if resumed and not state.pass_sweep and state.pass_stale_runs >= limits.max_stale_pass_runs:
+        # Endless distinct cursors: the pass has parked run after run without storing anything. It must not
+        # hold back newer messages forever: it is abandoned where it got to, flagged as a suspected gap (a
+        # sweep re-reads the range), and a fresh pass starts from the top.
+        log.warning("abandoning a pass of %s/%s after %d runs that stored nothing", res.account_key, stream.key,
+                    state.pass_stale_runs)
+        res.error_code, res.gap_suspected = "pass_abandoned", True
+        state = state.close_pass(_max_id(state.high_water_id, state.pass_newest_id), exhausted=False)
+        resumed = False
     if not resumed:
         state = state.start_pass(sweep=limits.sweep)
     provider = client.account.provider

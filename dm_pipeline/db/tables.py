@@ -88,6 +88,8 @@ sync_state = Table(
     # Billed providers: consecutive passes that found nothing new, and when the stream is due again.
     Column("empty_polls", Integer, nullable=False, server_default=text("0")),
     Column("next_poll_at", DateTime(timezone=True)),
+    # Runs in a row that parked the open pass without storing anything (endless distinct cursors).
+    Column("pass_stale_runs", Integer, nullable=False, server_default=text("0")),
     schema=PRIVATE,
 )
 

@@ -43,6 +43,7 @@ class StreamState:
     history_complete: bool = False          # a pass reached the start of the stream once
     empty_polls: int = 0                    # billed providers: consecutive passes that found nothing new
     next_poll_at: datetime | None = None    # billed providers: not polled before this (backoff)
+    pass_stale_runs: int = 0                # runs in a row that parked this pass without storing anything
     # Read-only here (the statement maintains them): start of the last successful pass, last status.
     covered_at: datetime | None = None
     last_status: str | None = None
@@ -50,12 +51,12 @@ class StreamState:
 
     def start_pass(self, sweep: bool) -> StreamState:
         return replace(self, pass_open=True, pass_cursor=None, pass_newest_id=None, pass_pages=0,
-                       pass_sweep=sweep, pass_stop_id=None if sweep else self.high_water_id)
+                       pass_sweep=sweep, pass_stop_id=None if sweep else self.high_water_id, pass_stale_runs=0)
 
     def close_pass(self, high_water_id: str | None, exhausted: bool) -> StreamState:
         """The state after the pass's last page. A pass that ran out of pages reached the stream's start."""
         return replace(self, high_water_id=high_water_id, pass_open=False, pass_cursor=None, pass_stop_id=None,
-                       pass_newest_id=None, pass_pages=0, pass_sweep=False,
+                       pass_newest_id=None, pass_pages=0, pass_sweep=False, pass_stale_runs=0,
                        history_complete=self.history_complete or exhausted)
 
 
@@ -105,6 +106,7 @@ def _state_of(row: Any) -> StreamState:
                        pass_newest_id=row["pass_newest_id"], pass_pages=row["pass_pages"],
                        pass_sweep=row["pass_sweep"], history_complete=row["history_complete"],
                        empty_polls=row["empty_polls"], next_poll_at=row["next_poll_at"],
+                       pass_stale_runs=row["pass_stale_runs"],
                        covered_at=row["covered_at"], last_status=row["last_status"], exists=True)
 
 
@@ -211,11 +213,12 @@ def page_json(events: Iterable[EventRow]) -> str:
 _UPSERT_STATE = f"""
 INSERT INTO {sync_state.fullname} AS s (account_key, stream_key, provider, endpoint, high_water_id, pass_started_at,
     pass_cursor, pass_stop_id, pass_newest_id, pass_pages, pass_sweep, last_status, last_error_code,
-    last_success_at, updated_at, history_complete, covered_at, empty_polls, next_poll_at)
+    last_success_at, updated_at, history_complete, covered_at, empty_polls, next_poll_at, pass_stale_runs)
 VALUES (%(account_key)s, %(stream_key)s, %(provider)s, %(endpoint)s, %(high_water_id)s,
         CASE WHEN %(pass_open)s THEN now() END, %(pass_cursor)s, %(pass_stop_id)s, %(pass_newest_id)s,
         %(pass_pages)s, %(pass_sweep)s, %(status)s, %(error_code)s, CASE WHEN %(succeeded)s THEN now() END, now(),
-        %(history_complete)s, CASE WHEN %(closing)s THEN now() END, %(empty_polls)s, %(next_poll_at)s)
+        %(history_complete)s, CASE WHEN %(closing)s THEN now() END, %(empty_polls)s, %(next_poll_at)s,
+        %(pass_stale_runs)s)
 ON CONFLICT (account_key, stream_key) DO UPDATE SET
     provider = EXCLUDED.provider, endpoint = EXCLUDED.endpoint, high_water_id = EXCLUDED.high_water_id,
     pass_started_at = CASE WHEN %(pass_open)s THEN coalesce(s.pass_started_at, now()) END,
@@ -227,7 +230,8 @@ ON CONFLICT (account_key, stream_key) DO UPDATE SET
     updated_at = now(), history_complete = EXCLUDED.history_complete,
     -- the pass this page closes started at pass_started_at: every event created before then was seen
     covered_at = CASE WHEN %(closing)s THEN coalesce(s.pass_started_at, now()) ELSE s.covered_at END,
-    empty_polls = EXCLUDED.empty_polls, next_poll_at = EXCLUDED.next_poll_at"""
+    empty_polls = EXCLUDED.empty_polls, next_poll_at = EXCLUDED.next_poll_at,
+    pass_stale_runs = EXCLUDED.pass_stale_runs"""
 
 
 def write_state(conn: Connection, account: Account, stream: Stream, state: StreamState, *,
@@ -369,7 +373,8 @@ def _state_params(account: Account, stream: Stream, state: StreamState) -> dict[
             "pass_newest_id": state.pass_newest_id, "pass_pages": state.pass_pages,
             "pass_sweep": state.pass_sweep, "set_status": False, "status": None, "error_code": None,
             "succeeded": False, "history_complete": state.history_complete, "closing": False,
-            "empty_polls": state.empty_polls, "next_poll_at": state.next_poll_at}
+            "empty_polls": state.empty_polls, "next_poll_at": state.next_poll_at,
+            "pass_stale_runs": state.pass_stale_runs}
 
 
 def commit_pages(engine: Engine, account: Account, stream: Stream, run_id: str,

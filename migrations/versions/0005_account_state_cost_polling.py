@@ -42,6 +42,7 @@ def upgrade() -> None:
     op.add_column('sync_state', sa.Column('covered_at', sa.DateTime(timezone=True), nullable=True), schema='dm_private')
     op.add_column('sync_state', sa.Column('empty_polls', sa.Integer(), server_default=sa.text('0'), nullable=False), schema='dm_private')
     op.add_column('sync_state', sa.Column('next_poll_at', sa.DateTime(timezone=True), nullable=True), schema='dm_private')
+    op.add_column('sync_state', sa.Column('pass_stale_runs', sa.Integer(), server_default=sa.text('0'), nullable=False), schema='dm_private')
     # Streams that already closed a pass have walked their whole history once.
     op.execute("UPDATE dm_private.sync_state SET history_complete = true "
                "WHERE high_water_id IS NOT NULL OR last_success_at IS NOT NULL")
@@ -56,6 +57,7 @@ def downgrade() -> None:
     op.drop_column('dm_sync_audit', 'partial_errors', schema='dm_audit')
     op.drop_column('dm_sync_audit', 'cost', schema='dm_audit')
     op.drop_column('oauth_tokens', 'refresh_rejected_at', schema='dm_private')
+    op.drop_column('sync_state', 'pass_stale_runs', schema='dm_private')
     op.drop_column('sync_state', 'next_poll_at', schema='dm_private')
     op.drop_column('sync_state', 'empty_polls', schema='dm_private')
     op.drop_column('sync_state', 'covered_at', schema='dm_private')
