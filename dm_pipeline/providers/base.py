@@ -235,3 +235,13 @@ def cursor_problem(cursor: str | None) -> str | None:
     if _UNSTORABLE.search(cursor):
         return "a next cursor holding NUL or a lone surrogate"
     return None
+
+
+def as_list(value: Any) -> list[Any]:
+    """A page's side collection (users, conversations, includes) as a list: a list as is, a map's values,
+    anything else (a number, a string) as nothing. The page's messages do not depend on it."""
+    if isinstance(value, list):
+        return value
+    if isinstance(value, dict):
+        return list(value.values())
+    return []

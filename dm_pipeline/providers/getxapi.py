@@ -18,6 +18,7 @@ from dm_pipeline.http.ratelimit import Governor
 from dm_pipeline.models import Account, ConversationEventRow, ConversationRow, EventRow, Page, Stream
 from dm_pipeline.providers.base import (
     USER_ID_RE,
+    as_list,
     content_hash,
     id_field,
     normalize_all,
@@ -97,12 +98,11 @@ def parse_list(body: Any) -> Page:
     if not isinstance(body, dict) or not isinstance(body.get("messages", []), list):
         raise MalformedResponse("GetXAPI response is not an object with a `messages` list")
     messages, quarantined = normalize_all(body.get("messages") or [], normalize_message)
-    users_map = body.get("users") or {}
-    users = [row for u in (users_map.values() if isinstance(users_map, dict) else users_map)
+    users = [row for u in as_list(body.get("users"))
              if isinstance(u, dict) and (row := user_row(u, username_key="screen_name"))]
-    conversations = [conv for c in body.get("conversations") or [] if isinstance(c, dict)
+    conversations = [conv for c in as_list(body.get("conversations")) if isinstance(c, dict)
                      and (conv := normalize_conversation(c))]
-    events = [normalize_event(e) for e in body.get("events") or [] if isinstance(e, dict)]
+    events = [normalize_event(e) for e in as_list(body.get("events")) if isinstance(e, dict)]
     more = body.get("has_more") is True
     cursor = body.get("next_cursor")
     if more and not (isinstance(cursor, str) and cursor):

@@ -20,6 +20,7 @@ from dm_pipeline.models import Account, EventRow, Page, QuarantinedEvent, Stream
 from dm_pipeline.providers.base import (
     USER_ID_RE,
     BadEvent,
+    as_list,
     content_hash,
     decode_json,
     id_field,
@@ -127,12 +128,12 @@ class IncludesIndex:
 
     def media(self) -> dict[Any, Any]:
         if self._media is None:
-            self._media = {m.get("media_key"): m for m in self._includes.get("media") or () if isinstance(m, dict)}
+            self._media = {m.get("media_key"): m for m in as_list(self._includes.get("media")) if isinstance(m, dict)}
         return self._media
 
     def tweets(self) -> dict[Any, Any]:
         if self._tweets is None:
-            self._tweets = {t.get("id"): t for t in self._includes.get("tweets") or () if isinstance(t, dict)}
+            self._tweets = {t.get("id"): t for t in as_list(self._includes.get("tweets")) if isinstance(t, dict)}
         return self._tweets
 
 
@@ -218,7 +219,7 @@ def parse_page(body: Any, account_user_id: str, stream_key: str
     index = IncludesIndex(includes)
     events, quarantined = normalize_all(data, lambda e: normalize_event(e, index, account_user_id, stream_key))
     next_token = meta.get("next_token")
-    users = [row for u in includes.get("users") or () if isinstance(u, dict) and (row := user_row(u))]
+    users = [row for u in as_list(includes.get("users")) if isinstance(u, dict) and (row := user_row(u))]
     return events, (next_token if isinstance(next_token, str) and next_token else None), users, quarantined
 
 
