@@ -10,6 +10,7 @@ troubleshooting table, which a test keeps in step with it).
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -202,13 +203,13 @@ UNITS = {"x": "requests", "xquik": "credits", "getxapi": "calls"}
 _COST_SQL = text("""
 SELECT s.account_key, s.stream_key, s.provider, s.last_status, s.updated_at, s.next_poll_at,
        coalesce(j.polls, 0) AS polls, coalesce(j.requests, 0) AS requests, coalesce(j.cost, 0) AS cost,
-       coalesce(j.typical, 0)::float8 AS typical,
+       j.recent,
        (SELECT greatest(a.limited_until, CASE WHEN a.rl_remaining <= 0 THEN a.rl_reset_at END)
           FROM dm_private.account_state a WHERE a.account_key = s.account_key) AS limited_until
 FROM dm_private.sync_state s
 LEFT JOIN LATERAL (
     SELECT count(*) FILTER (WHERE requests > 0) AS polls, sum(requests) AS requests, sum(cost) AS cost,
-           percentile_cont(0.5) WITHIN GROUP (ORDER BY cost) FILTER (WHERE requests > 0) AS typical
+           (array_agg(cost ORDER BY finished_at DESC) FILTER (WHERE requests > 0))[1:5] AS recent
     FROM dm_audit.dm_sync_audit a
     WHERE a.account_key = s.account_key AND a.stream_key = s.stream_key AND a.row_kind = 'job'
       AND a.finished_at > now() - interval '24 hours') j ON true
@@ -218,8 +219,8 @@ ORDER BY s.account_key, s.stream_key""")
 
 def account_costs(engine: Engine, poll_interval_s: float, account_keys: Sequence[str] | None = None
                   ) -> list[AccountCost]:
-    """Per account: requests and cost of the last 24 hours, and a forecast per day: each stream's median cost
-    per poll over those 24 hours (a backfill does not count as typical) times the polls a day brings at its
+    """Per account: requests and cost of the last 24 hours, and a forecast per day: each stream's typical
+    cost per poll (the median of its last five polls, or its latest) times the polls a day brings at its
     current interval (the schedule's, or longer while a billed stream backs off; dormant costs nothing)."""
     with engine.connect() as conn:
         rows = list(conn.execute(_COST_SQL, {"keys": list(account_keys) if account_keys else None}).mappings())
@@ -229,7 +230,10 @@ def account_costs(engine: Engine, poll_interval_s: float, account_keys: Sequence
         if r["next_poll_at"] is not None and r["updated_at"] is not None:
             interval = max(interval, (r["next_poll_at"] - r["updated_at"]).total_seconds())
         dormant = r["last_status"] == "dormant"
-        per_poll = float(r["typical"])
+        recent = r["recent"] or []
+        # The typical poll now: the median of the last five, or the latest while there are fewer (a
+        # backfill's pages are not what a tick at the current schedule costs).
+        per_poll = float(statistics.median(recent) if len(recent) >= 5 else recent[0] if recent else 0)
         forecast = 0.0 if dormant else per_poll * 86400 / interval
         prev = out.get(r["account_key"])
         out[r["account_key"]] = AccountCost(

@@ -91,3 +91,34 @@ def test_the_readme_troubleshooting_table_explains_every_error_code() -> None:
     documented = set(re.findall(r"^\| `([a-z0-9_]+)`", section, re.MULTILINE))
     assert documented == set(ERROR_HELP), (sorted(set(ERROR_HELP) - documented), sorted(documented - set(ERROR_HELP)))
     assert explain("http_418") and explain("nonsense") is None
+
+
+def test_status_shows_dormant_streams_and_cost_per_account(tmp_path: Path, sim, db_url: str) -> None:  # type: ignore[no-untyped-def]
+    user = sim.world.accounts()[0]
+    (tmp_path / "accounts.yaml").write_text(
+        f"accounts:\n  - key: x-disc\n    provider: x\n    user_id: \"{user}\"\n    base_url: {sim.base_url('x')}\n"
+        "    token_env: DX_DISC\n    page_size: 50\n    budget: 500\n    conversations: {discover: true}\n")
+    env = {"DM_PIPELINE_ACCOUNTS": str(tmp_path / "accounts.yaml"), "DX_DISC": sim.world.token_for(user),
+           "DATABASE_URL": db_url}
+    assert cli("sync", env=env).returncode == 0          # backfill: the inbox, then each conversation
+    noop = cli("sync", env=env)
+    assert noop.returncode == 0, noop.stderr
+    dormant = len(sim.world.conversations_of(user))
+    assert f"x-disc  {dormant} dormant (the inbox keeps them current): 0 requests" in noop.stdout, noop.stdout
+    assert f"done: {dormant + 1} stream(s): {dormant} dormant, 1 succeeded" in noop.stdout, noop.stdout
+
+    proc = cli("status", env=env)
+    assert proc.returncode == 0, proc.stderr
+    table = rows(proc.stdout)
+    conversations = [k for k in table if k.startswith("x-disc/conversation:")]
+    assert len(conversations) == dormant
+    assert all(table[k][2].startswith("dormant ") and "(the inbox keeps it current)" in table[k][2]
+               for k in conversations)
+    assert "no stream is failing right now." in proc.stdout
+    cost = next(line for line in proc.stdout.splitlines() if line.startswith("│ x-disc") and "requests" in line)
+    cells = [c.strip() for c in cost.split("│")[1:-1]]
+    account, unit, requests_24h, cost_24h, forecast, budget, streams = cells[:7]
+    assert (account, unit, budget) == ("x-disc", "requests", "500")
+    assert int(requests_24h) == int(cost_24h) > dormant             # the backfill's pages and the no-op's one
+    assert streams == f"{dormant + 1} ({dormant} dormant)"
+    assert int(forecast.replace(",", "")) == 96                    # one request per tick, 96 ticks a day
