@@ -7,17 +7,30 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 SIZE ?= 1000000
 BENCH_STAMP := $(VENV)/.installed-bench
+# Every dependency comes from a hashed lock (`make lock` regenerates both; see scripts/lock.sh).
+LOCK := requirements/dev.lock
+BENCH_LOCK := requirements/bench.lock
+PIP := $(BIN)/python -m pip --disable-pip-version-check
+LOCK_ARGS ?=
 
-.PHONY: install run test dev lint clean db-stop reliability bench
+.PHONY: install run test dev lint clean db-stop reliability bench lock
 
-$(STAMP): pyproject.toml
+# pip itself first (its pinned, hashed entry in the lock: a venv's own pip may be too old for hash mode with extras,
+# e.g. 23.2 rejects gql[requests]), then the lock, then the project alone: editable, no dependencies, built by the
+# locked setuptools. `pip check` catches a pyproject.toml edited without `make lock`.
+$(STAMP): pyproject.toml $(LOCK)
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python >= 3.11 is required (found: $$($(PYTHON) --version))"; exit 2; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PIP) install --quiet --require-hashes --no-deps -r <(awk '/^[^ #]/ { keep = /^pip==/ } keep' $(LOCK))
+	$(PIP) install --quiet --require-hashes -r $(LOCK)
+	$(PIP) install --quiet --no-deps --no-build-isolation -e .
+	@$(PIP) check >/dev/null || { $(PIP) check; echo "$(LOCK) does not satisfy pyproject.toml: run make lock"; exit 1; }
 	@touch $(STAMP)
 
 install: $(STAMP)
+
+lock:
+	PYTHON=$(PYTHON) $(SHELL) scripts/lock.sh $(LOCK_ARGS)
 
 run: install
 	$(BIN)/dm-pipeline run
@@ -49,8 +62,8 @@ reliability: install
 
 # The throughput benchmark (docs/performance.md): COPY vs dm_pipeline vs dlt, no-op run, peak RSS.
 # Writes bench-results.json and bench-results.txt. `make bench SIZE=100000` for a quick run.
-$(BENCH_STAMP): $(STAMP) pyproject.toml
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
+$(BENCH_STAMP): $(STAMP) $(BENCH_LOCK)
+	$(PIP) install --quiet --require-hashes -r $(BENCH_LOCK)
 	@touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)
