@@ -9,12 +9,15 @@ Secrets never appear in the file: it names the environment variables that hold t
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -87,6 +90,8 @@ class AccountEntry(BaseModel):
     budget: int | None = Field(default=None, description="daily cost cap: N or {daily: N}, N >= 1")
     max_poll_interval: int = Field(default=3600, description="seconds (or 90s/30m/1h/2d), 0 to 7 days; 0 disables")
     poll_backoff_after: int = Field(default=2, ge=1, description="empty polls before the interval grows")
+    # credentials over plain http:// go to loopback hosts only, unless the entry says it means it
+    allow_insecure_http: bool = Field(default=False, description="send credentials over http:// to a remote host")
 
     @field_validator("budget", mode="before")
     @classmethod
@@ -160,6 +165,7 @@ class AccountEntry(BaseModel):
             auth_token_env=self.auth_token_env, ct0_env=self.ct0_env, twid_env=self.twid_env,
             tabs=tuple(dict.fromkeys(self.tabs)), daily_budget=self.budget,
             max_poll_interval_s=self.max_poll_interval, poll_backoff_after=self.poll_backoff_after,
+            allow_insecure_http=self.allow_insecure_http,
         )
 
 
@@ -269,6 +275,9 @@ FIELDS: dict[str, tuple[str, str]] = {
     "discover": ("true or false", "e.g. `discover: true`"),
     "tabs": ("a non-empty list of GetXAPI inbox tabs: all, requests, hidden", "e.g. `tabs: [all, requests]`"),
     "token_url": ("an http:// or https:// URL", "leave it out to use <base_url>/2/oauth2/token"),
+    "allow_insecure_http": ("true or false (default false: credentials go over plain http:// only to a loopback "
+                            "host)", "write `allow_insecure_http: true` only if you mean to send this account's "
+                            "credentials unencrypted, or remove it"),
     "conversations": ("a mapping with `discover`, `ids` and/or `participants`",
                       "e.g. `conversations: {discover: true}`"),
     "oauth": ("a mapping with `client_id_env` and optionally `refresh_token_env`, `client_secret_env`, `token_url`",
@@ -288,7 +297,7 @@ ITEMS: dict[str, tuple[str, str]] = {
 _SECRET_FIELDS = {"token_env", "auth_token_env", "ct0_env", "twid_env", "client_id_env", "refresh_token_env",
                   "client_secret_env"}
 _SAFE_TO_ECHO = {"user_id", "provider", "key", "handle", "page_size", "tabs", "partners", "ids", "participants",
-                 "poll_backoff_after"}
+                 "poll_backoff_after", "allow_insecure_http"}
 
 
 def _field(loc: Loc) -> str | None:
@@ -497,7 +506,12 @@ def load_accounts(path: Path) -> list[Account]:
             context = f" (account {key!r})" if key and loc[-1] != "key" else ""
             problems.append(f"{_where(path, root, loc)} {_describe(dict(err))}{context}")
         raise AccountsFileError(problems) from None
-    return [entry.to_account() for entry in parsed.accounts]
+    accounts = [entry.to_account() for entry in parsed.accounts]
+    unsafe = [f"{_where(path, root, ('accounts', i, *field.split('.')))} {problem}"
+              for i, account in enumerate(accounts) for field, problem in transport_problems(account)]
+    if unsafe:
+        raise AccountsFileError(unsafe)
+    return accounts
 
 
 def select_accounts(accounts: list[Account], keys: Iterable[str], source: Path) -> list[Account]:
@@ -512,6 +526,113 @@ def select_accounts(accounts: list[Account], keys: Iterable[str], source: Path) 
         raise ConfigError(f"unknown account key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
                           f"(not in {source}). Known keys: {', '.join(known)}")
     return [a for a in accounts if not wanted or a.key in wanted]
+
+
+# ---------------------------------------------------------------- transport: where credentials may go
+
+LOOPBACK = "a loopback address (127.0.0.0/8, ::1 or localhost)"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a URL's requests go: its scheme, its host (lower-case, IPv6 without brackets) and its port
+    (the scheme's default when the URL gives none)."""
+
+    scheme: str
+    host: str
+    port: int
+
+    @property
+    def loopback(self) -> bool:
+        return is_loopback_host(self.host)
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+def is_loopback_host(host: str) -> bool:
+    """127.0.0.0/8, ::1 (also as ::ffff:127.x.y.z) and `localhost`: hosts a request never leaves the machine
+    for. Names that merely start like one (127.0.0.1.evil.com, localhost.evil.com) are not."""
+    name = host.strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        ip = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
+@functools.lru_cache(maxsize=1024)
+def endpoint(url: str) -> Endpoint:
+    """The endpoint of `url` as the HTTP client (httpx) will connect to it. ValueError, with the reason,
+    when it has no http(s) scheme and host, its port is not 1-65535, or urllib and httpx read a different
+    host or port from it (a URL built to look like one host and go to another)."""
+    import httpx
+
+    try:
+        parts = urlsplit(url)
+        split_host, split_port = (parts.hostname or "").lower(), parts.port
+    except ValueError:
+        raise ValueError("its port is not a number from 1 to 65535") from None
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise ValueError(f"the HTTP client cannot read it ({str(exc).split(':')[0]})") from None
+    scheme, host = parsed.scheme, parsed.host.lower()
+    if scheme not in ("http", "https") or not host:
+        raise ValueError("it is not an http:// or https:// URL with a host")
+    default = 443 if scheme == "https" else 80
+    port = default if parsed.port is None else parsed.port
+    if not 1 <= port <= 65535:
+        raise ValueError("its port is not a number from 1 to 65535")
+    if split_host != host or (default if split_port is None else split_port) != port:
+        raise ValueError("its host and port are ambiguous (write it as scheme://host:port/path)")
+    return Endpoint(scheme, host, port)
+
+
+def is_simulator_url(url: str, port: int) -> bool:
+    """`url` is the address `run`/`sync` serve the simulator on: http, host 127.0.0.1, this port, compared
+    parsed (so http://127.0.0.1:87650 or http://127.0.0.1:8765.evil.com are not). Not `localhost`: it may
+    resolve to ::1 first, where the simulator does not listen and another process might."""
+    try:
+        ep = endpoint(url)
+    except ValueError:
+        return False
+    return ep.scheme == "http" and ep.host == "127.0.0.1" and ep.port == port
+
+
+def transport_problems(account: Account) -> list[tuple[str, str]]:
+    """(field, message) for each URL of `account` that would carry its credentials in clear to a host that
+    is not a loopback address (unless the entry sets `allow_insecure_http: true`), or cannot be read."""
+    urls = [("base_url", account.base_url)]
+    if account.oauth is not None and account.oauth.token_url:
+        urls.append(("oauth.token_url", account.oauth.token_url))
+    problems: list[tuple[str, str]] = []
+    for field, url in urls:
+        try:
+            ep = endpoint(url)
+        except ValueError as exc:
+            problems.append((field, f"account {account.key!r}: `{field}` is not a usable URL: {exc}. Fix: write "
+                                    "e.g. https://api.x.com or http://127.0.0.1:8765"))
+            continue
+        if ep.scheme == "http" and not ep.loopback and not account.allow_insecure_http:
+            problems.append((field, (
+                f"account {account.key!r}: `{field}` sends its credentials over plain http:// to host {ep.host} "
+                f"(port {ep.port}), which is not {LOOPBACK}: anyone on the way could read them. Fix: use "
+                "https:// instead of http://, or, if you really mean it, set `allow_insecure_http: true` in the "
+                "account's entry")))
+    return problems
+
+
+def check_transport(account: Account) -> None:
+    """ConfigError unless every URL `account` sends credentials to is https, loopback, or explicitly allowed."""
+    problems = transport_problems(account)
+    if problems:
+        raise ConfigError(problems[0][1])
 
 
 # ---------------------------------------------------------------- required environment variables

@@ -10,6 +10,7 @@ from collections.abc import Callable
 import httpx
 from sqlalchemy import Engine, text
 
+from dm_pipeline.accounts import check_transport
 from dm_pipeline.db.account_state import AccountGovernor
 from dm_pipeline.errors import ConfigError
 from dm_pipeline.http import bounds
@@ -86,6 +87,9 @@ def stored_user_id(engine: Engine, provider: str) -> Callable[[str], str | None]
 def build_client(account: Account, http: httpx.Client, lookup: TokenLookup = env_token,
                  policy: RetryPolicy | None = None, engine: Engine | None = None,
                  windows: Windows | None = None) -> ProviderClient:
+    # Whoever built the Account (the accounts file checks this too): its credentials go over plain http://
+    # to a loopback host only, unless the account sets allow_insecure_http; base_url and oauth.token_url.
+    check_transport(account)
     # One rate-limit state per account, in Postgres when there is one: shared by its streams and processes.
     governor = AccountGovernor(engine, account) if engine is not None else Governor()
     if account.provider is Provider.X:

@@ -5,23 +5,29 @@ through a real Dagster run, and reports from the audit table."""
 from __future__ import annotations
 
 import contextlib
+import errno
+import hmac
+import json
 import os
-import socket
+import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 from sqlalchemy import Engine, text
 
-from dm_pipeline.accounts import load_accounts
+from dm_pipeline.accounts import is_simulator_url, load_accounts
 from dm_pipeline.db.engine import get_engine
 from dm_pipeline.db.migrate import upgrade
 from dm_pipeline.environment import prepare
+from dm_pipeline.errors import ConfigError
 from dm_pipeline.models import Account, Provider
 from dm_pipeline.settings import Settings, load_settings
 
 SIM_SEED = 7
+SIM_HOST = "127.0.0.1"
+PROOF_TIMEOUT_S = 5.0
+PROOF_MAX_BYTES = 4096
 # The event log keeps every event; the terminal shows only warnings, then our summary.
 QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
@@ -43,11 +49,6 @@ class StreamSummary:
         return self.received - self.inserted - self.updated
 
 
-def _port_free(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex((host, port)) != 0
-
-
 def simulator_credentials(world: Any, account: Account) -> dict[str, str]:
     """The simulator's credentials for one account, under the variable names its entry declares."""
     creds: dict[str, str] = {}
@@ -63,27 +64,93 @@ def simulator_credentials(world: Any, account: Account) -> dict[str, str]:
     return creds
 
 
+def simulator_accounts(settings: Settings, accounts: list[Account]) -> list[Account]:
+    """The accounts whose base_url is the simulator's address: http://127.0.0.1:<DM_SIMULATOR_PORT>, scheme,
+    host and port compared parsed (not as a string prefix: http://127.0.0.1:87650 is another port)."""
+    return [a for a in accounts if is_simulator_url(a.base_url, settings.simulator_port)]
+
+
+def _challenge(host: str, port: int, nonce: str) -> dict[str, Any] | None:
+    """The listener's JSON answer to GET /_sim/prove?nonce=…, or None (no HTTP, not 200, not JSON, too big,
+    too slow). The request carries the nonce only: no credential, no proxy from the environment."""
+    import httpx
+
+    from dm_pipeline.simulator.control import PROVE_PATH
+
+    try:
+        with httpx.Client(timeout=PROOF_TIMEOUT_S, follow_redirects=False, trust_env=False) as client, \
+                client.stream("GET", f"http://{host}:{port}{PROVE_PATH}", params={"nonce": nonce}) as reply:
+            if reply.status_code != 200:
+                return None
+            body = b""
+            for chunk in reply.iter_bytes():
+                body += chunk
+                if len(body) > PROOF_MAX_BYTES:
+                    return None
+        answer = json.loads(body)
+    except (httpx.HTTPError, ValueError):
+        return None
+    return answer if isinstance(answer, dict) else None
+
+
+def prove_simulator(port: int, *, host: str = SIM_HOST, seed: int = SIM_SEED) -> None:
+    """Return only if the listener on host:port proves to be this project's simulator serving `seed`'s
+    world: it answers a fresh random nonce with the HMAC only the simulator derives (control.proof_for).
+    Anything else is a ConfigError, and it has received nothing but the nonce."""
+    from dm_pipeline.simulator.control import PROVE_PATH, proof_for
+
+    nonce = secrets.token_hex(16)
+    answer = _challenge(host, port, nonce) or {}
+    proof = answer.get("proof")
+
+    def proves(candidate: int) -> bool:
+        return isinstance(proof, str) and hmac.compare_digest(proof.encode(), proof_for(candidate, nonce).encode())
+
+    if proves(seed):
+        return
+    other = answer.get("seed")
+    if isinstance(other, int) and not isinstance(other, bool) and other != seed and proves(other):
+        raise ConfigError(
+            f"port {port} is in use by a dm_pipeline simulator serving seed {other}'s world, but `run` and `sync` "
+            f"give the accounts on it the credentials of seed {seed}'s: they would be refused. Fix: stop it, or "
+            f"serve it with `dm-pipeline simulator serve --seed {seed}`, or set DM_SIMULATOR_PORT to a free port")
+    raise ConfigError(
+        f"port {port} is in use by something that is not the dm_pipeline simulator; stop it or set "
+        f"DM_SIMULATOR_PORT (to a free port, with the accounts' base_url on http://{host}:<that port>). It did not "
+        f"answer the simulator's identity challenge (GET {PROVE_PATH}), so no credentials were sent to it")
+
+
 @contextlib.contextmanager
 def simulator_if_needed(settings: Settings, accounts: list[Account]) -> Iterator[None]:
-    """Serve the simulator when accounts point at its default address and nothing listens there yet.
-    Simulator tokens are exported only for accounts that talk to the simulator."""
-    sim_base = f"http://127.0.0.1:{settings.simulator_port}"
-    on_sim = [a for a in accounts if a.base_url.startswith(sim_base)]
+    """Serve the simulator when accounts point at its address, and export its credentials for them (and
+    only them). If the port is taken, the listener must prove to be the simulator of the same world
+    (`dm-pipeline simulator serve`, seed 7): anything else is a ConfigError before any credential is set
+    or sent."""
+    on_sim = simulator_accounts(settings, accounts)
     if not on_sim:
         yield
         return
     from dm_pipeline.simulator import Simulator, World
 
+    port = settings.simulator_port
     world = World(seed=SIM_SEED)
-    for account in on_sim:
-        for name, value in simulator_credentials(world, account).items():
-            os.environ.setdefault(name, value)
-    host = urlsplit(sim_base).hostname or "127.0.0.1"
-    if not _port_free(host, settings.simulator_port):
-        yield  # a simulator (`dm-pipeline simulator serve`) is already there
-        return
-    with Simulator(world, host=host, port=settings.simulator_port):
+    served: Simulator | None = None
+    try:
+        # Binding decides (not a connect probe first): no window for another process to take the port.
+        served = Simulator(world, host=SIM_HOST, port=port).start()
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise ConfigError(f"cannot serve the simulator on {SIM_HOST}:{port} ({exc.strerror}). Fix: set "
+                              "DM_SIMULATOR_PORT to a free port") from None
+        prove_simulator(port)  # something listens there: it gets the credentials only if it is the simulator
+    try:
+        for account in on_sim:
+            for name, value in simulator_credentials(world, account).items():
+                os.environ.setdefault(name, value)
         yield
+    finally:
+        if served is not None:
+            served.stop()
 
 
 def summarize(engine: Engine, run_ids: list[str]) -> list[StreamSummary]:

@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
@@ -23,7 +22,9 @@ from dm_pipeline.accounts import (
     TOKEN_KEY_ENV,
     EnvNeed,
     describe_missing,
+    endpoint,
     field_lines,
+    is_simulator_url,
     load_accounts,
     missing_env,
     select_accounts,
@@ -183,6 +184,7 @@ def check_token_key(accounts: Iterable[Account], stored: Mapping[str, StoredToke
 # ---------------------------------------------------------------- accounts and environment
 
 def simulator_base(settings: Settings) -> str:
+    """The simulator's address, for messages; accounts are matched against it parsed (is_simulator_url)."""
     return f"http://127.0.0.1:{settings.simulator_port}"
 
 
@@ -190,7 +192,7 @@ def simulator_provided(settings: Settings, accounts: Iterable[Account], source: 
     """The credentials `dm-pipeline run` / `sync` export for accounts whose base_url is the simulator's
     (mainjob.simulator_if_needed). A user ID the simulator does not know is a configuration error."""
     base = simulator_base(settings)
-    on_sim = [a for a in accounts if a.base_url.startswith(base)]
+    on_sim = [a for a in accounts if is_simulator_url(a.base_url, settings.simulator_port)]
     if not on_sim:
         return {}
     from dm_pipeline.mainjob import SIM_SEED, simulator_credentials
@@ -217,14 +219,18 @@ def missing_hint(settings: Settings, accounts: Iterable[Account]) -> Callable[[E
         account = by_key.get(need.account_key)
         if account is None:
             return ""
-        host = urlsplit(account.base_url).hostname or ""
         if need.field.startswith("oauth") or need.name == TOKEN_KEY_ENV:
             return " (README: \"X API v2 (official)\")"
-        if account.base_url.startswith(simulator_base(settings)):
+        if is_simulator_url(account.base_url, settings.simulator_port):
             return ""  # the simulator provides tokens and keys, so this is not one of them
-        if host in {"127.0.0.1", "localhost", "::1"}:
+        try:
+            loopback = endpoint(account.base_url).loopback
+        except ValueError:
+            loopback = False
+        if loopback:
             return (f" (its base_url {account.base_url} is not the simulator's address {simulator_base(settings)}"
-                    " from DM_SIMULATOR_PORT, so the simulator's credentials are not exported for it)")
+                    " from DM_SIMULATOR_PORT, exactly: scheme http, host 127.0.0.1 (not localhost), that port; so the"
+                    " simulator's credentials are not exported for it)")
         return " (README: \"Connecting real accounts\")"
 
     return hint

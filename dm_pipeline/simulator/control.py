@@ -1,6 +1,8 @@
 """`/_sim/*` control endpoints: JSON in, JSON out; a bad request is 400 `{"error": ...}`.
 
 GET    /_sim/health                      {"ok": true, "now"}
+GET    /_sim/prove?nonce=                {"proof", "seed", "service"}: proof that this is the dm_pipeline
+                                         simulator of that seed (HMAC of the nonce, see `proof_for`)
 GET    /_sim/accounts                    accounts with X token, Xquik handle, GetXAPI auth_token/twid, both
                                          API keys; and the three base URLs
 GET    /_sim/conversations?user_id=      the account's conversations with members and GetXAPI tab
@@ -19,6 +21,9 @@ POST   /_sim/oauth/expire {user_id}      expire the user's OAuth access tokens n
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import re
 from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -27,6 +32,19 @@ if TYPE_CHECKING:
     from dm_pipeline.simulator.server import Simulator
 
 ControlHandler = Callable[["Simulator", dict[str, list[str]], Any], Any]
+PROVE_PATH = "/_sim/prove"
+SERVICE = "dm_pipeline-simulator"
+NONCE = re.compile(r"[0-9a-f]{32,128}")
+
+
+def proof_for(seed: int, nonce: str) -> str:
+    """The simulator's answer to `nonce`: an HMAC-SHA256 of it, keyed by a secret derived from the world's
+    seed, which `run`/`sync` know (mainjob.SIM_SEED) and `simulator serve --seed` is given. A listener that
+    is not this project's simulator cannot answer a fresh nonce, so it never receives the simulator's
+    credentials. The seed is no secret from someone who reads this code: the proof tells this simulator
+    from another program on its port, it is not an authentication against an adversary."""
+    key = hashlib.sha256(f"dm-sim-identity:{seed}".encode()).digest()
+    return hmac.new(key, f"{SERVICE}:{nonce}".encode(), hashlib.sha256).hexdigest()
 
 
 def _iso(dt: datetime) -> str:
@@ -140,6 +158,13 @@ def _health(sim: Simulator, _: Any, __: Any) -> Any:
     return {"ok": True, "now": _iso(sim.world.now)}
 
 
+def _prove(sim: Simulator, query: dict[str, list[str]], _: Any) -> Any:
+    nonce = _q(query, "nonce")
+    if not NONCE.fullmatch(nonce):
+        raise ValueError("nonce must be 32-128 lower-case hex digits")
+    return {"proof": proof_for(sim.world.seed, nonce), "seed": sim.world.seed, "service": SERVICE}
+
+
 def _pending(sim: Simulator, _: Any, __: Any) -> Any:
     return {"pending": sim.faults.pending()}
 
@@ -150,6 +175,7 @@ def _stats(sim: Simulator, _: Any, __: Any) -> Any:
 
 CONTROL: dict[tuple[str, str], ControlHandler] = {
     ("GET", "/_sim/health"): _health,
+    ("GET", PROVE_PATH): _prove,
     ("GET", "/_sim/truth"): _truth,
     ("POST", "/_sim/advance"): _advance,
     ("POST", "/_sim/delete"): _delete,

@@ -96,6 +96,10 @@ def test_defaults_may_nest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     (GOOD.replace("key: x-ada", "key: X Ada"), [":2:10:", "accounts[0].key", "lower-case", "Fix:"]),
     (GOOD.replace("${TEST_BASE:-http://127.0.0.1:8765}", "ftp://example.com"), [":5:15:", "base_url",
                                                                                   "https://api.x.com"]),
+    (GOOD.replace("${TEST_BASE:-http://127.0.0.1:8765}", "http://api.x.com"), [
+        ":5:15:", "account 'x-ada': `base_url`", "plain http:// to host api.x.com", "Fix: use https://",
+        "`allow_insecure_http: true`"]),
+    (GOOD + "    allow_insecure_http: maybe\n", [":7:26:", "allow_insecure_http", "'maybe'", "true or false"]),
     (GOOD + "    page_size: 500\n", [":7:16:", "page_size", "from 1 to 100", "Fix:"]),
     (GOOD + "    page_size: lots\n", [":7:16:", "page_size", "whole number"]),
     (GOOD + '    conversations:\n      ids: ["12-x"]\n', [":8:13:", "conversations.ids[0]", "'12-x'",
