@@ -57,9 +57,27 @@ def test_an_expired_token_is_refreshed_once_and_the_rotated_pair_is_persisted(en
     assert_equals_truth(engine, account.key, sim.world.truth(account.user_id))
     with engine.connect() as conn:
         audit = " ".join(str(tuple(r)) for r in conn.execute(text("SELECT * FROM dm_audit.dm_sync_audit")))
-        raw_tokens = conn.scalar(text("SELECT access_token_enc::text FROM dm_private.oauth_tokens"))
-    assert rotated not in audit and first_refresh not in audit
-    assert rotated not in (raw_tokens or "")  # encrypted at rest
+        access_enc, refresh_enc = (bytes(v) for v in conn.execute(text(
+            "SELECT access_token_enc, refresh_token_enc FROM dm_private.oauth_tokens")).one())
+        whole_row = conn.scalar(text("SELECT row_to_json(t)::text FROM dm_private.oauth_tokens t"))
+    import os
+
+    # Encrypted at rest, both columns: each decrypts, with the key, to the pair the refresh issued (the access
+    # token is the live one the simulator knows for this account; the refresh token is the rotated one, and
+    # the token endpoint still accepts it, below), and no plaintext token, current or spent, is in either.
+    fernet = Fernet(os.environ["DM_PIPELINE_TOKEN_KEY"].encode())
+    access, refresh = fernet.decrypt(access_enc).decode(), fernet.decrypt(refresh_enc).decode()
+    first_access = os.environ[account.token_env]
+    assert access != first_access and sim.oauth.account_for(access) == account.user_id
+    assert refresh == rotated != first_refresh
+    tokens = (access, refresh, first_access, first_refresh)
+    for column in (access_enc, refresh_enc):
+        for token in tokens:
+            assert token.encode() not in column
+    assert not [t for t in tokens if t in whole_row or t in audit]
+    live = httpx.post(f"{sim.url}/2/oauth2/token", data={"grant_type": "refresh_token", "refresh_token": refresh,
+                                                         "client_id": "sim-client"})
+    assert live.status_code == 200, "the stored refresh token is not the live one"
 
 
 def test_a_token_known_to_be_expired_is_refreshed_before_any_request(engine, sim, oauth_account) -> None:  # type: ignore[no-untyped-def]

@@ -1,16 +1,24 @@
 """The fault matrix: every simulator fault x provider route, each cell with its expected outcome.
 
 Outcomes:
-- `ok`            retried where needed, then the stream succeeded and equals the truth
-- `ok_flagged`    succeeded; some rows were sanitized (NUL / lone surrogates replaced) and flagged
-- `ok_partial`    succeeded; fields the provider left out are NULL, every ID is stored
+- `ok`            retried where needed, then the stream succeeded and equals the truth, every column of every row
+- `ok_flagged`    succeeded; the rows of the bent page are sanitized (NUL / lone surrogates replaced) and
+                  flagged, every other column and every other row equal the truth
+- `ok_partial`    succeeded; the rows of the bent page hold NULL exactly where the provider left fields out,
+                  every other column and every other row equal the truth
 - `gap`           succeeded, with `gap_suspected` recorded (X /2/dm_events 30-day window)
 - `rate_limited`  the provider's wait exceeds the run's budget: the pass is parked, the run is not failed
 - `failed:<code>` a typed failure: the job audit row carries <code>, nothing of the failing page is stored
+
+In every outcome, each stored row equals the simulator's truth in EVERY column of dm_history (the expected
+row is built from what a clean walk of the route serves: raw, media, recipient, edit count, flags...), and
+the audit reconciles: the page rows' events_inserted add up to the stored rows, and each stored ID is listed
+by a committed page row. Anything else is `mismatch` (or `failed:half_written`, `failed:unaudited`).
 """
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
@@ -21,8 +29,13 @@ from sqlalchemy import Engine, text
 from dm_pipeline.clients import build_client, http_client
 from dm_pipeline.http.policy import RetryPolicy
 from dm_pipeline.models import Account, OAuthConfig, Provider, StreamResult, StreamStatus
+from dm_pipeline.providers import x_api as x_client
+from dm_pipeline.providers.base import parse_timestamp
+from dm_pipeline.simulator import getxapi as sim_getxapi
+from dm_pipeline.simulator import x_api as sim_x
+from dm_pipeline.simulator import xquik as sim_xquik
+from dm_pipeline.simulator.paging import poison
 from dm_pipeline.sync import RunLimits, sync_account
-from tests.integration.helpers import truth_rows, warehouse_rows
 
 ROUTES = {"x": "dm_events", "x_conversation": "dm_conversation_with", "xquik": "xquik_history",
           "getxapi": "getxapi_list"}
@@ -85,14 +98,15 @@ def cells() -> list[Cell]:
     return out
 
 
+
 @dataclass
 class Observed:
     outcome: str
     detail: str = ""
 
 
-def account_for(provider: str, sim: Any, env: dict[str, str]) -> tuple[Account, str, list[str]]:
-    """(account, stream key under test, truth routes of all its streams) for one provider route."""
+def account_for(provider: str, sim: Any, env: dict[str, str]) -> tuple[Account, str, dict[str, str]]:
+    """(account, stream key under test, {stream key: truth route} of all its streams) for one provider route."""
     world = sim.world
     uid = world.accounts()[0]
     peer = next(next(m for m in c.members if m != uid) for c in world.conversations_of(uid) if not c.is_group)
@@ -101,35 +115,201 @@ def account_for(provider: str, sim: Any, env: dict[str, str]) -> tuple[Account, 
         base = Account(key=f"fm-{provider}", provider=Provider.X, user_id=uid, base_url=sim.url,
                        token_env="FM_X_TOKEN", page_size=25)
         if provider == "x":
-            return base, "dm_events", ["dm_events"]
+            return base, "dm_events", {"dm_events": "dm_events"}
         return (replace(base, participant_ids=(peer,)), f"with:{peer}",
-                ["dm_events", f"dm_conversation_with:{peer}"])
+                {"dm_events": "dm_events", f"with:{peer}": f"dm_conversation_with:{peer}"})
     if provider == "xquik":
         env["FM_XQUIK_KEY"] = world.xquik_key()
         return (Account(key="fm-xquik", provider=Provider.XQUIK, user_id=uid, base_url=sim.base_url("xquik"),
                         token_env="FM_XQUIK_KEY", handle=world.xquik_handle(uid), partners=(peer,)),
-                f"with:{peer}", [f"xquik:{peer}"])
+                f"with:{peer}", {f"with:{peer}": f"xquik:{peer}"})
     env["FM_GETXAPI_KEY"], env["FM_AUTH"] = world.getxapi_key(), world.getxapi_auth_token(uid)
     return (Account(key="fm-getxapi", provider=Provider.GETXAPI, user_id=uid, base_url=sim.base_url("getxapi"),
                     token_env="FM_GETXAPI_KEY", auth_token_env="FM_AUTH", tabs=("all",), page_size=20),
-            "tab:all", ["getxapi:all"])
+            "tab:all", {"tab:all": "getxapi:all"})
 
 
 def _stream(results: list[StreamResult], key: str) -> StreamResult:
     return next(s for s in results if s.stream_key == key)
 
 
+# --- the expected row: every column of dm_history, from what a clean walk of the route serves ------------
+
+# The content columns, compared with the truth; the bookkeeping ones, checked for consistency. A column
+# added to dm_history and missing here fails every cell, so "every column" stays true.
+CONTENT = ("conversation_id", "event_type", "sender_id", "recipient_id", "participant_ids", "created_at", "text",
+           "media", "referenced_tweets", "reply_to_message_id", "edit_count", "raw", "sanitized", "flags")
+BOOKKEEPING = ("account_key", "message_id", "provider", "stream_key", "content_hash", "first_seen_run_id",
+               "last_changed_run_id", "first_seen_at", "last_changed_at")
+# What the simulator's `missing_optional` leaves out of every item of the bent page, per provider.
+REMOVED = {"x": sim_x._OPTIONAL, "x_conversation": sim_x._OPTIONAL, "xquik": sim_xquik._OPTIONAL,
+           "getxapi": sim_getxapi._MESSAGE_OPTIONAL}
+TEXT_KEY = "text"
+CREATED_KEY = {"x": "created_at", "x_conversation": "created_at", "xquik": "createdAt", "getxapi": "createdAt"}
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")   # what Postgres cannot store: replaced by U+FFFD and flagged
+# X: the fields every media object / tweet carries, and what the client asks for besides.
+X_MEDIA = {"media_key", "type", *x_client.MEDIA_FIELDS.split(",")}
+X_TWEET = {"id", "text", "edit_history_tweet_ids", *x_client.TWEET_FIELDS.split(",")}
+
+
+@dataclass
+class Truth:
+    """What a clean walk of each route of the account serves, by message ID, with the X includes."""
+
+    wire: dict[str, dict[str, Any]] = field(default_factory=dict)     # message ID -> event as served
+    streams: dict[str, set[str]] = field(default_factory=dict)        # message ID -> streams serving it
+    media: dict[str, dict[str, Any]] = field(default_factory=dict)    # X media_key -> media object as served
+    tweets: dict[str, dict[str, Any]] = field(default_factory=dict)   # X tweet ID -> tweet object as served
+    order: dict[str, list[str]] = field(default_factory=dict)         # stream key -> its IDs, newest first
+
+    @classmethod
+    def snapshot(cls, sim: Any, uid: str, streams: dict[str, str]) -> Truth:
+        truth = cls()
+        for key, route in streams.items():
+            served = sim.truth(uid, route, shape="provider")
+            truth.order[key] = [str(e["id"]) for e in served]
+            for event in served:
+                truth.wire[str(event["id"])] = event
+                truth.streams.setdefault(str(event["id"]), set()).add(key)
+            if not route.startswith(("xquik:", "getxapi")):
+                inc = sim.world.includes_for(sim.world.between(uid, route, above=-1, below=None),
+                                             ("attachments.media_keys", "referenced_tweets.id"))
+                for m in inc.get("media", []):
+                    d = m.as_dict()
+                    truth.media[d["media_key"]] = {k: v for k, v in d.items() if k in X_MEDIA}
+                for t in inc.get("tweets", []):
+                    d = t.as_dict()
+                    truth.tweets[d["id"]] = {k: v for k, v in d.items() if k in X_TWEET}
+        return truth
+
+    def merged(self, later: Truth) -> Truth:
+        """Both snapshots (the world moved between them: window_gap), the later one winning."""
+        return Truth({**self.wire, **later.wire},
+                     {k: self.streams.get(k, set()) | later.streams.get(k, set())
+                      for k in {*self.streams, *later.streams}},
+                     {**self.media, **later.media}, {**self.tweets, **later.tweets}, later.order)
+
+
+def expected_row(provider: str, event: dict[str, Any], truth: Truth, uid: str, peer: str | None) -> dict[str, Any]:
+    """The content columns a provider's event must be stored as (`event` as the wire carried it)."""
+    raw, flags = event, set()
+    if isinstance(event.get(TEXT_KEY), str) and _UNSTORABLE.search(event[TEXT_KEY]):
+        original = event[TEXT_KEY]
+        raw = {**event, TEXT_KEY: _UNSTORABLE.sub("\ufffd", original)}
+        flags |= {"nul_replaced"} if "\x00" in original else set()
+        flags |= {"surrogate_replaced"} if re.search("[\ud800-\udfff]", original) else set()
+    if CREATED_KEY[provider] not in raw:
+        flags.add("missing_created_at")
+    row: dict[str, Any] = {"raw": raw, "sanitized": raw is not event, "flags": sorted(flags), "text": raw.get("text"),
+                           "participant_ids": [], "referenced_tweets": None, "reply_to_message_id": None,
+                           "edit_count": 0, "event_type": "MessageCreate"}
+    if provider in ("x", "x_conversation"):
+        conv, sender = raw.get("dm_conversation_id"), raw.get("sender_id")
+        a, dash, b = (conv or "").partition("-")  # a 1:1 conversation is "{smaller}-{larger}"
+        media = [truth.media[k] for k in (raw.get("attachments") or {}).get("media_keys", [])]
+        tweets = [{**truth.tweets[r["id"]], **r} for r in raw.get("referenced_tweets") or []]
+        row.update(conversation_id=conv, event_type=raw["event_type"], sender_id=sender,
+                   recipient_id=(b if sender == a else a if sender == b else None) if dash and sender else None,
+                   participant_ids=list(raw.get("participant_ids") or []),
+                   created_at=parse_timestamp(raw.get("created_at")), media=media or None,
+                   referenced_tweets=tweets or None)
+    elif provider == "xquik":
+        lo, hi = sorted((uid, peer or ""), key=int)
+        row.update(conversation_id=f"{lo}-{hi}", sender_id=raw.get("senderId"), recipient_id=raw.get("receiverId"),
+                   created_at=parse_timestamp(raw.get("createdAt")),
+                   media=[{"url": raw["mediaUrl"]}] if raw.get("mediaUrl") else None)
+    else:
+        shared = raw.get("shared_tweet")
+        row.update(conversation_id=raw.get("conversationId"), sender_id=raw.get("senderId"),
+                   recipient_id=raw.get("recipientId"), created_at=parse_timestamp(raw.get("createdAt")),
+                   media=[raw["media"]] if isinstance(raw.get("media"), dict) else None,
+                   referenced_tweets=[shared] if isinstance(shared, dict) and shared.get("id") else None,
+                   reply_to_message_id=raw.get("reply_to_message_id"), edit_count=raw.get("edit_count") or 0)
+    return row
+
+
+def bent(kind: str, provider: str, event: dict[str, Any]) -> dict[str, Any]:
+    """`event` as the simulator's page-mutating fault `kind` serves it."""
+    if kind == "nul_text":
+        return {**event, TEXT_KEY: poison(event[TEXT_KEY])} if isinstance(event.get(TEXT_KEY), str) else event
+    return {k: v for k, v in event.items() if k not in REMOVED[provider]}
+
+
+def _differs(stored: dict[str, Any], expected: dict[str, Any]) -> list[str]:
+    return [c for c in CONTENT if stored[c] != expected[c]]
+
+
+@dataclass
+class Comparison:
+    missing: list[str]
+    extra: list[str]
+    wrong: dict[str, list[str]]          # message ID -> columns that match no model of the row
+    bent_rows: dict[str, str]            # message ID -> "nul_text" | "missing_optional": the bent model it matches
+    nulled: set[str]                     # columns NULL in a missing_optional row and not NULL in the truth
+    bookkeeping: list[str]               # inconsistent bookkeeping, described
+    fault_page: list[str]                # IDs of the first page of the stream under test in the cell's run
+
+    def rows_ok(self) -> bool:
+        return not (self.extra or self.wrong or self.bookkeeping)
+
+
+def compare(provider: str, stored: dict[str, dict[str, Any]], truth: Truth, uid: str, peer: str | None,
+            fault_page: list[str], account: Account, run_ids: set[str]) -> Comparison:
+    clean = {m: expected_row(provider, e, truth, uid, peer) for m, e in truth.wire.items()}
+    result = Comparison(sorted(set(clean) - set(stored), key=int), sorted(set(stored) - set(clean), key=int),
+                        {}, {}, set(), [], fault_page)
+    for mid, row in stored.items():
+        if set(row) != set(CONTENT) | set(BOOKKEEPING):
+            result.bookkeeping.append(f"dm_history columns {sorted(set(row) ^ (set(CONTENT) | set(BOOKKEEPING)))} "
+                                      "are not covered by the comparison")
+            break
+        if row["provider"] != account.provider.value or row["account_key"] != account.key:
+            result.bookkeeping.append(f"{mid}: provider/account {row['provider']}/{row['account_key']}")
+        if row["stream_key"] not in truth.streams.get(mid, set()):
+            result.bookkeeping.append(f"{mid}: stream_key {row['stream_key']} does not serve it")
+        if not {row["first_seen_run_id"], row["last_changed_run_id"]} <= run_ids:
+            result.bookkeeping.append(f"{mid}: run ids not of this cell")
+        if row["first_seen_at"] > row["last_changed_at"] or not re.fullmatch("[0-9a-f]{64}", row["content_hash"]):
+            result.bookkeeping.append(f"{mid}: first_seen_at/last_changed_at/content_hash inconsistent")
+        if mid not in clean:
+            continue
+        wrong = _differs(row, clean[mid])
+        if not wrong:
+            continue
+        for kind in ("nul_text", "missing_optional") if mid in fault_page else ():
+            model = expected_row(provider, bent(kind, provider, truth.wire[mid]), truth, uid, peer)
+            if not _differs(row, model):
+                result.bent_rows[mid] = kind
+                if kind == "missing_optional":
+                    result.nulled |= {c for c in wrong if row[c] is None and c not in ("raw", "flags")}
+                break
+        else:
+            result.wrong[mid] = wrong
+    # The bent page is bent whole: each of its rows that the fault changes holds the bent value.
+    for kind in set(result.bent_rows.values()):
+        for mid in fault_page:
+            if mid in stored and mid in clean and mid not in result.bent_rows and mid not in result.wrong:
+                model = expected_row(provider, bent(kind, provider, truth.wire[mid]), truth, uid, peer)
+                if _differs(model, clean[mid]):
+                    result.wrong[mid] = [f"not bent by {kind}"]
+    return result
+
+
 def run_cell(cell: Cell, engine: Engine, sim: Any, env: dict[str, str]) -> Observed:
-    account, stream_key, truth_routes = account_for(cell.provider, sim, env)
+    account, stream_key, streams = account_for(cell.provider, sim, env)
     route = ROUTES[cell.provider]
     uid = account.user_id
+    peer = account.partners[0] if account.partners else (account.participant_ids or (None,))[0]
     lookup = env.get
     waits: list[float] = []
+    run_ids: set[str] = set()
+    before = Truth.snapshot(sim, uid, streams)
 
     def sync(limits: RunLimits | None = None) -> StreamResult:
+        run_ids.add(run_id := f"fm-{uuid.uuid4()}")
         with http_client(timeout_s=1.0) as http:
             client = build_client(account, http, lookup, policy=RetryPolicy(sleep=waits.append), engine=engine)
-            result = sync_account(engine, client, f"fm-{uuid.uuid4()}", limits or RunLimits())
+            result = sync_account(engine, client, run_id, limits or RunLimits())
         return _stream(result.streams, stream_key)
 
     fault = cell.fault
@@ -156,32 +336,66 @@ def run_cell(cell: Cell, engine: Engine, sim: Any, env: dict[str, str]) -> Obser
         sim.faults.inject(uid, route, kind, count=cell.count, **cell.params)
 
     stream = sync()
-    truth = {k: v for r in truth_routes for k, v in truth_rows(sim.world.truth(uid, r)).items()}
-    stored = warehouse_rows(engine, account.key)
+    truth = before.merged(Truth.snapshot(sim, uid, streams))
     with engine.connect() as conn:
+        stored = {r["message_id"]: dict(r) for r in conn.execute(text(
+            "SELECT * FROM dm_private.dm_history WHERE account_key = :k"), {"k": account.key}).mappings()}
         job = conn.execute(text("SELECT job_status, error_code, run_id FROM dm_audit.dm_sync_audit "
                                 "WHERE row_kind = 'job' AND account_key = :k AND stream_key = :s "
                                 "ORDER BY audit_id DESC LIMIT 1"), {"k": account.key, "s": stream_key}).one()
-        pages_written = conn.scalar(text("SELECT count(*) FROM dm_audit.dm_sync_audit WHERE run_id = :r "
-                                         "AND stream_key = :s AND row_kind = 'page'"),
-                                    {"r": job.run_id, "s": stream_key})
-        flagged = conn.scalar(text("SELECT count(*) FROM dm_private.dm_history WHERE sanitized AND account_key = :k"),
-                              {"k": account.key})
+        pages = conn.execute(text("SELECT message_ids FROM dm_audit.dm_sync_audit WHERE run_id = :r "
+                                  "AND stream_key = :s AND row_kind = 'page' ORDER BY audit_id"),
+                             {"r": job.run_id, "s": stream_key}).scalars().all()
+        inserted, audited = conn.execute(text(
+            "SELECT coalesce(sum(events_inserted), 0), array(SELECT DISTINCT unnest(message_ids) FROM "
+            "dm_audit.dm_sync_audit WHERE account_key = :k AND row_kind = 'page') FROM dm_audit.dm_sync_audit "
+            "WHERE account_key = :k AND row_kind = 'page'"), {"k": account.key}).one()
+    fault_page = list(pages[0]) if pages else []
+    cmp = compare(cell.provider, stored, truth, uid, peer, fault_page, account, run_ids)
+    audit_ok = inserted == len(stored) and set(stored) <= set(audited)
+    problems = _problems(cmp, inserted, len(stored), audit_ok, truth.order.get(stream_key, []))
     if stream.status is StreamStatus.FAILED:
-        detail = f"job row {job.job_status}/{job.error_code}"
+        detail = f"job row {job.job_status}/{job.error_code}, {len(stored)} rows stored"
         # A loop is detected after its page committed (kept by design); any other failure writes nothing.
-        if fault != "cursor_loop" and pages_written:
+        if fault != "cursor_loop" and pages:
             return Observed("failed:half_written", detail)
+        if problems:
+            return Observed("mismatch", f"{detail}; {problems}")
         return Observed(f"failed:{stream.error_code}" if job.error_code == stream.error_code else "failed:unaudited",
                         detail)
+    if problems:
+        return Observed("mismatch", problems)
     if stream.status is not StreamStatus.SUCCEEDED:
-        return Observed(stream.status.value)
+        return Observed(stream.status.value, f"{len(stored)} rows stored, all exact")
     if stream.gap_suspected:
-        return Observed("gap", f"{len(stored)} stored")
-    if set(stored) != set(truth):
-        return Observed("mismatch", f"missing {len(set(truth) - set(stored))}, extra {len(set(stored) - set(truth))}")
-    if flagged:
-        return Observed("ok_flagged", f"{flagged} rows flagged")
-    if stored != truth:
-        return Observed("ok_partial", f"{sum(stored[k] != truth[k] for k in truth)} rows with NULL fields")
-    return Observed("ok", f"{len(stored)} rows, {len(waits)} waits")
+        return Observed("gap", f"{len(stored)} stored, all exact")
+    if cmp.missing:
+        return Observed("mismatch", f"missing {len(cmp.missing)}, e.g. {cmp.missing[:3]}")
+    kinds = set(cmp.bent_rows.values())
+    exact = len(stored) - len(cmp.bent_rows)
+    if kinds == {"nul_text"}:
+        return Observed("ok_flagged", f"{len(cmp.bent_rows)} rows of the bent page sanitized and flagged, "
+                                      f"{exact} exact")
+    if kinds == {"missing_optional"}:
+        return Observed("ok_partial", f"{len(cmp.bent_rows)} rows of the bent page with NULL "
+                                      f"{', '.join(sorted(cmp.nulled))}; {exact} exact")
+    if kinds:
+        return Observed("mismatch", f"rows of both bent models: {sorted(kinds)}")
+    return Observed("ok", f"{len(stored)} rows, every column exact, {len(waits)} waits")
+
+
+def _problems(cmp: Comparison, inserted: int, stored: int, audit_ok: bool, stream_order: list[str]) -> str:
+    """Why the stored rows or the audit disagree with the truth ("" when they agree)."""
+    out = []
+    if cmp.extra:
+        out.append(f"{len(cmp.extra)} rows never served, e.g. {cmp.extra[:3]}")
+    if cmp.wrong:
+        mid, cols = next(iter(cmp.wrong.items()))
+        out.append(f"{len(cmp.wrong)} rows differ from the truth, e.g. {mid}: {cols}")
+    if cmp.bookkeeping:
+        out.append(f"bookkeeping: {cmp.bookkeeping[:2]}")
+    if not audit_ok:
+        out.append(f"audit: page rows inserted {inserted} for {stored} stored rows (or a stored ID on no page row)")
+    if cmp.bent_rows and cmp.fault_page != stream_order[:len(cmp.fault_page)]:
+        out.append("the bent page is not the first page of a clean walk of the stream")
+    return "; ".join(out)
