@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import unicodedata
 from collections import Counter
 from datetime import timedelta
@@ -216,20 +215,18 @@ def test_faults_registry_matching_and_counts() -> None:
         f.inject(None, "dm_events", "teapot")
 
 
-def test_a_million_events_build_and_page_fast() -> None:
-    t0 = time.perf_counter()
+def test_a_million_events_build_and_page() -> None:
+    # How fast is the benchmark's business (benchmarks/); here: the size the benchmark uses works.
     w = World(accounts=1, events_per_account=1_000_000)
-    built = time.perf_counter() - t0
-    assert built < 20, f"1M-event world took {built:.1f}s"
     a = w.accounts()[0]
     assert w.event_count(a) == 1_000_000
-    t0 = time.perf_counter()
-    before, n = None, 0
+    before, n, last = None, 0, None
     for _ in range(200):
         page = w.page(a, before=before, limit=100)
         n += len(page.events)
-        before = page.events[-1].num
-    assert n == 20_000 and time.perf_counter() - t0 < 2
+        assert last is None or page.events[0].num < last  # strictly older, page after page
+        before = last = page.events[-1].num
+    assert n == 20_000
     deep = w.page(a, before=w.page(a, limit=1).events[0].num - (1 << 22) * 86_400_000 * 10, limit=100)
     assert len(deep.events) == 100 and deep.more_older
 
