@@ -13,7 +13,7 @@ BENCH_LOCK := requirements/bench.lock
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 LOCK_ARGS ?=
 
-.PHONY: install run test dev lint clean db-stop reliability bench lock
+.PHONY: install run test dev lint clean db-stop reliability bench lock browser
 
 # pip itself first (its pinned, hashed entry in the lock: a venv's own pip may be too old for hash mode with extras,
 # e.g. 23.2 rejects gql[requests]), then the lock, then the project alone: editable, no dependencies, built by the
@@ -35,8 +35,18 @@ lock:
 run: install
 	$(BIN)/dm-pipeline run
 
-test: install
+test: install browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Web flows (the Dagster UI, the OAuth consent page) are tested in Debian's Chromium, driven by Playwright with
+# the system browser. Installed here when missing and we may (root, or passwordless sudo); otherwise the browser
+# tests say what to install (and fail under CI=true).
+browser:
+	@command -v chromium >/dev/null && exit 0; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO=sudo; else \
+	  echo "note: Debian's chromium is not installed; the browser tests need it (apt install chromium)"; exit 0; fi; \
+	echo "installing Debian's chromium for the browser tests"; \
+	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium
 
 dev: install
 	eval "$$($(BIN)/dm-pipeline db env)" && exec $(BIN)/dagster dev -w workspace.yaml

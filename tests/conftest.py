@@ -104,3 +104,31 @@ def getxapi_account(sim, user_id: str, monkeypatch: pytest.MonkeyPatch, page_siz
     return Account(key=key or f"getxapi-{user_id[-6:]}", provider=Provider.GETXAPI, user_id=user_id,
                    base_url=sim.base_url("getxapi"), token_env="DM_TEST_GETXAPI_KEY",
                    auth_token_env=f"DM_TEST_AUTH_{user_id}", page_size=page_size)
+
+
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture
+def browser_page():  # type: ignore[no-untyped-def]
+    """A page in headless Chromium from Debian's `chromium` package, driven by Playwright with the system
+    browser (no browser download). Missing browser: a failure under CI=true, else a skip that says what to
+    install."""
+    import shutil
+
+    executable = shutil.which("chromium") or shutil.which("chromium-browser")
+    if executable is None:
+        message = "Debian's chromium is not installed: `make browser` (or `apt install chromium`)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page()
+            yield page
+        finally:
+            browser.close()
