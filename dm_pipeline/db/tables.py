@@ -60,6 +60,8 @@ dm_history = Table(
     Column("last_changed_run_id", Text, nullable=False),
     Column("first_seen_at", DateTime(timezone=True), nullable=False, server_default=_now),
     Column("last_changed_at", DateTime(timezone=True), nullable=False, server_default=_now),
+    # A sweep of a full-history stream found the event missing upstream (first seen missing); NULL: live.
+    Column("deleted_upstream_at", DateTime(timezone=True)),
     schema=PRIVATE,
 )
 
@@ -90,6 +92,7 @@ sync_state = Table(
     Column("next_poll_at", DateTime(timezone=True)),
     # Runs in a row that parked the open pass without storing anything (endless distinct cursors).
     Column("pass_stale_runs", Integer, nullable=False, server_default=text("0")),
+    Column("last_sweep_at", DateTime(timezone=True)),  # the last completed sweep pass
     schema=PRIVATE,
 )
 
@@ -149,6 +152,10 @@ dm_sync_audit = Table(
     Column("cost", Integer, nullable=False, server_default=text("0")),
     Column("partial_errors", Integer, nullable=False, server_default=text("0")),  # 200 `errors` beside data
     Column("retry_at", DateTime(timezone=True)),  # a parked stream: when the account is tried again
+    # Sweeps: events found missing upstream (marked), seen again (restored), content erased by policy.
+    Column("events_marked_deleted", Integer, nullable=False, server_default=text("0")),
+    Column("events_restored", Integer, nullable=False, server_default=text("0")),
+    Column("events_erased", Integer, nullable=False, server_default=text("0")),
     Column("started_at", DateTime(timezone=True), nullable=False),
     Column("finished_at", DateTime(timezone=True), nullable=False, server_default=_now),
     CheckConstraint("row_kind IN ('page', 'job')", name="row_kind"),
@@ -239,7 +246,8 @@ Index(None, dm_history.c.account_key, dm_history.c.conversation_id, dm_history.c
 Index(None, dm_history.c.created_at)
 # Migration 0003, for the dm_analytics views: the dedupe probe, conversation timelines, per-account UTC days
 # (the expression of daily_volume.day).
-Index(None, dm_history.c.message_id, postgresql_include=["edit_count", "last_changed_at", "account_key"])
+Index(None, dm_history.c.message_id,
+      postgresql_include=["edit_count", "last_changed_at", "account_key", "deleted_upstream_at"])
 Index(None, dm_history.c.conversation_id, dm_history.c.created_at)
 Index("ix_dm_history_account_key_utc_day", dm_history.c.account_key, text("((created_at AT TIME ZONE 'UTC')::date)"))
 Index(None, dm_sync_audit.c.account_key, dm_sync_audit.c.stream_key, dm_sync_audit.c.finished_at)

@@ -120,7 +120,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "dm_history": frozenset({
         "account_key", "message_id", "provider", "stream_key", "conversation_id", "event_type", "sender_id",
         "recipient_id", "participant_ids", "created_at", "reply_to_message_id", "edit_count", "sanitized",
-        "first_seen_at", "last_changed_at"}),
+        "first_seen_at", "last_changed_at", "deleted_upstream_at"}),
     "sync_state": frozenset({
         "account_key", "stream_key", "provider", "endpoint", "high_water_id", "pass_started_at", "pass_pages",
         "pass_sweep", "last_success_at", "last_status", "last_error_code", "updated_at"}),
