@@ -31,6 +31,7 @@ ENV_NAME = r"^[A-Z_][A-Z0-9_]*$"
 HANDLE = r"^[A-Za-z0-9_]{1,15}$"
 PARTNER = r"^([0-9]{1,19}|@?[A-Za-z0-9_]{1,15})$"
 KEY = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
+DEFAULT_SWEEP_INTERVAL_S = 7 * 86400  # X conversation streams are swept weekly; billed providers only if asked
 Tab = Literal["all", "requests", "hidden"]
 EXAMPLE = "config/accounts.example.yaml"
 TOKEN_KEY_ENV = "DM_PIPELINE_TOKEN_KEY"  # the Fernet key that encrypts stored OAuth tokens (see oauth.py)
@@ -92,6 +93,10 @@ class AccountEntry(BaseModel):
     poll_backoff_after: int = Field(default=2, ge=1, description="empty polls before the interval grows")
     # credentials over plain http:// go to loopback hosts only, unless the entry says it means it
     allow_insecure_http: bool = Field(default=False, description="send credentials over http:// to a remote host")
+    # messages deleted upstream: what a sweep does with them, and how often full-history streams are swept
+    on_upstream_delete: Literal["keep", "mark", "erase"] = Field(default="mark")
+    sweep_interval: int | None = Field(default=None, description="seconds (or 12h/7d), 0 off; default: 7d "
+                                       "for x, off for the billed providers")
 
     @field_validator("budget", mode="before")
     @classmethod
@@ -116,6 +121,19 @@ class AccountEntry(BaseModel):
             raise ValueError(f"`max_poll_interval` {str(v)[:60]!r} is not a duration from 0 to 7 days: whole "
                              "seconds, or a number with s, m, h or d (0 disables the backoff). Fix: e.g. "
                              "`max_poll_interval: 30m` (the default is 1h)")
+        return seconds
+
+    @field_validator("sweep_interval", mode="before")
+    @classmethod
+    def _sweep_interval(cls, v: Any) -> Any:
+        if v is None:
+            return None
+        m = _DURATION.match(str(v)) if isinstance(v, (int, str)) and not isinstance(v, bool) else None
+        seconds = int(m.group(1)) * _UNIT_S[m.group(2).lower()] if m else -1
+        if not (seconds == 0 or 3600 <= seconds <= 365 * 86400):
+            raise ValueError(f"`sweep_interval` {str(v)[:60]!r} is not 0 (no sweeps) or a duration from 1 hour to "
+                             "365 days: whole seconds, or a number with s, m, h or d. Fix: e.g. `sweep_interval: "
+                             "7d` (the default for x), or 0")
         return seconds
 
     @model_validator(mode="after")
@@ -165,7 +183,9 @@ class AccountEntry(BaseModel):
             auth_token_env=self.auth_token_env, ct0_env=self.ct0_env, twid_env=self.twid_env,
             tabs=tuple(dict.fromkeys(self.tabs)), daily_budget=self.budget,
             max_poll_interval_s=self.max_poll_interval, poll_backoff_after=self.poll_backoff_after,
-            allow_insecure_http=self.allow_insecure_http,
+            allow_insecure_http=self.allow_insecure_http, on_upstream_delete=self.on_upstream_delete,
+            sweep_interval_s=self.sweep_interval if self.sweep_interval is not None else (
+                DEFAULT_SWEEP_INTERVAL_S if self.provider is Provider.X else 0),
         )
 
 
@@ -275,6 +295,8 @@ FIELDS: dict[str, tuple[str, str]] = {
     "discover": ("true or false", "e.g. `discover: true`"),
     "tabs": ("a non-empty list of GetXAPI inbox tabs: all, requests, hidden", "e.g. `tabs: [all, requests]`"),
     "token_url": ("an http:// or https:// URL", "leave it out to use <base_url>/2/oauth2/token"),
+    "on_upstream_delete": ("keep, mark or erase: what a sweep does with messages the provider no longer returns",
+                           "e.g. `on_upstream_delete: mark` (the default: kept, hidden from analysts)"),
     "allow_insecure_http": ("true or false (default false: credentials go over plain http:// only to a loopback "
                             "host)", "write `allow_insecure_http: true` only if you mean to send this account's "
                             "credentials unencrypted, or remove it"),
@@ -297,7 +319,7 @@ ITEMS: dict[str, tuple[str, str]] = {
 _SECRET_FIELDS = {"token_env", "auth_token_env", "ct0_env", "twid_env", "client_id_env", "refresh_token_env",
                   "client_secret_env"}
 _SAFE_TO_ECHO = {"user_id", "provider", "key", "handle", "page_size", "tabs", "partners", "ids", "participants",
-                 "poll_backoff_after", "allow_insecure_http"}
+                 "poll_backoff_after", "allow_insecure_http", "on_upstream_delete"}
 
 
 def _field(loc: Loc) -> str | None:

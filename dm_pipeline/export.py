@@ -30,6 +30,7 @@ _SELECT = text("""
                     media -> 0 ->> 'preview_image_url') AS media_url
     FROM dm_private.dm_history
     WHERE account_key = :account AND event_type = 'MessageCreate'
+      AND deleted_upstream_at IS NULL  -- deleted upstream (mark, erase): not handed off, like the analyst views
     ORDER BY created_at NULLS LAST, message_id::numeric""")
 
 Progress = Callable[[int], None]

@@ -114,10 +114,19 @@ class AccountGate:
         window = stream.vouching_window_days
         return window is None or inbox.covered_at > self.now - timedelta(days=window)
 
-    def idle(self, stream: Stream) -> bool:
+    def sweep_due(self, stream: Stream) -> bool:
+        """The stream walked its whole history once, has no pass open, and its last complete walk is older
+        than the account's sweep interval: this run sweeps it (deletions and edits upstream)."""
+        interval = self.account.sweep_interval_s
+        state = self.state(stream)
+        if stream.sweep_scope is None or interval <= 0 or not state.history_complete or state.pass_open:
+            return False
+        return state.last_sweep_at is None or state.last_sweep_at <= self.now - timedelta(seconds=interval)
+
+    def idle(self, stream: Stream, sweep_due: bool = False) -> bool:
         """True when the stream needs no request this run: dormant (the inbox vouches for it) or, for a
-        billed provider, not due yet. Neither writes an audit row."""
-        if self.sweep:
+        billed provider, not due yet. Neither writes an audit row. A due sweep is never idle."""
+        if self.sweep or sweep_due:
             return False
         state = self.state(stream)
         if stream.vouched_by and state.history_complete and not state.pass_open and self.inbox_vouches(stream):

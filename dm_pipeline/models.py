@@ -60,6 +60,10 @@ class Account:
     # `max_poll_interval_s` between polls (0 disables the backoff).
     daily_budget: int | None = None
     allow_insecure_http: bool = False  # send credentials over plain http:// to a non-loopback host
+    # Messages deleted upstream, found by sweeps of full-history streams: keep (record nothing), mark (kept,
+    # hidden from analysts), erase (private content deleted, IDs kept). Sweeps every `sweep_interval_s` (0: off).
+    on_upstream_delete: str = "mark"
+    sweep_interval_s: int = 0
     max_poll_interval_s: int = 3600
     poll_backoff_after: int = 2
 
@@ -76,6 +80,10 @@ class Stream:
     # Once a conversation's history is complete it is dormant while that stream is current.
     vouched_by: str | None = None
     vouching_window_days: int | None = None
+    # Full-history streams: which stored rows a complete walk must return, ("conversation_id", id) or
+    # ("stream_key", key); a sweep marks those it did not return as deleted upstream. None: not judged (a
+    # windowed stream, where absence may only mean age).
+    sweep_scope: tuple[str, str] | None = None
 
 
 @dataclass(slots=True)
@@ -185,6 +193,8 @@ class StreamResult:
     http_status: int | None = None
     gap_suspected: bool = False
     cost: int = 0                        # what the provider bills (X requests, Xquik credits, GetXAPI calls)
+    marked_deleted: int = 0              # a full walk found these stored events missing upstream
+    restored: int = 0                    # … and these, marked before, back
     retry_at: datetime | None = None     # parked (rate limit, budget): when the account is tried again
     detail: str | None = None            # a failure's redacted description (a commit error's constraint)
 

@@ -22,6 +22,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from dm_pipeline.committer import PageCommitter
 from dm_pipeline.db import writes
 from dm_pipeline.db.account_state import AccountGovernor
+from dm_pipeline.db.deletions import SweepJudge
 from dm_pipeline.db.writes import AuditEntry, PageWrite, StreamState
 from dm_pipeline.errors import (
     BudgetExhausted,
@@ -97,7 +98,10 @@ def _sync_account(engine: Engine, client: ProviderClient, run_id: str, limits: R
     governor = getattr(client, "governor", None)
     try:
         for stream in client.streams():
-            if gate.idle(stream):
+            # A full-history stream whose last complete walk is older than the account's sweep interval is
+            # swept this run (its own schedule: weekly for X by default), under the same gate as any pass.
+            due = not limits.sweep and gate.sweep_due(stream)
+            if gate.idle(stream, sweep_due=due):
                 continue
             if isinstance(governor, AccountGovernor) and result.streams:
                 governor.load()  # another process of this account may have learnt the window meanwhile
@@ -109,7 +113,8 @@ def _sync_account(engine: Engine, client: ProviderClient, run_id: str, limits: R
                 continue
             if on_stream_start:
                 on_stream_start(account.key, stream.key)
-            res = sync_stream(engine, client, stream, run_id, limits, budget, on_page, gate)
+            res = sync_stream(engine, client, stream, run_id, replace(limits, sweep=True) if due else limits,
+                              budget, on_page, gate)
             result.streams.append(res)
             gate.after(stream, res)
             if any(k != stream.key for k in gate.states) and _vouches(stream):
@@ -198,8 +203,11 @@ def _sync_stream(engine: Engine, client: ProviderClient, stream: Stream, run_id:
 
 
 def _account(res: StreamResult, committer: PageCommitter, on_page: PageHook | None) -> None:
-    """Count the pages the writer has committed since the last call."""
+    """Count the pages the writer has committed since the last call (and what a completed walk judged)."""
     for write, inserted, updated in committer.committed():
+        if write.judge is not None and write.judge.result is not None:
+            res.marked_deleted += write.judge.result[0]
+            res.restored += write.judge.result[1]
         res.pages += 1
         res.requests += write.audit.requests
         res.cost += write.audit.cost
@@ -306,7 +314,14 @@ def _walk(client: ProviderClient, stream: Stream, state: StreamState, run_id: st
             > client.account.page_size else None, gap_suspected=gap, credits=page.credits,
             events_quarantined=len(page.quarantined), cost=cost, partial_errors=page.partial_errors,
         )
-        committer.submit(writes.prepare_page(client.account, stream, run_id, PageWrite(keep, state, audit, page)))
+        # A pass with no stop that ran out of pages walked the whole stream (a first pass, a sweep): the
+        # stream's stored events are judged against it, in the commit of this last page (deletions.py).
+        full_walk = done and stop is None and page.next_cursor is None
+        judge = None
+        if full_walk and stream.sweep_scope is not None and client.account.on_upstream_delete != "keep":
+            judge = SweepJudge(stream.sweep_scope, erase=client.account.on_upstream_delete == "erase")
+        committer.submit(writes.prepare_page(client.account, stream, run_id, PageWrite(
+            keep, state, audit, page, full_walk=full_walk, judge=judge)))
         fetched += 1
         res.http_status = page.http_status
         res.gap_suspected = res.gap_suspected or gap

@@ -16,6 +16,8 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, StatementError
 
+from dm_pipeline.db import deletions
+from dm_pipeline.db.deletions import SweepJudge
 from dm_pipeline.db.tables import (
     dm_conversation_events,
     dm_conversations,
@@ -47,6 +49,7 @@ class StreamState:
     # Read-only here (the statement maintains them): start of the last successful pass, last status.
     covered_at: datetime | None = None
     last_status: str | None = None
+    last_sweep_at: datetime | None = None   # the last completed walk of the whole stream
     exists: bool = False
 
     def start_pass(self, sweep: bool) -> StreamState:
@@ -98,6 +101,8 @@ class PageWrite:
     page: Page | None = None
     # The page statement's parameters, when built ahead (prepare_page) on the thread that fetched the page.
     params: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+    full_walk: bool = False              # the page that completes a walk of the whole stream (first pass, sweep)
+    judge: SweepJudge | None = None      # with full_walk: judge the stream's stored events (deletions.py)
 
 
 def _state_of(row: Any) -> StreamState:
@@ -107,7 +112,8 @@ def _state_of(row: Any) -> StreamState:
                        pass_sweep=row["pass_sweep"], history_complete=row["history_complete"],
                        empty_polls=row["empty_polls"], next_poll_at=row["next_poll_at"],
                        pass_stale_runs=row["pass_stale_runs"],
-                       covered_at=row["covered_at"], last_status=row["last_status"], exists=True)
+                       covered_at=row["covered_at"], last_status=row["last_status"],
+                       last_sweep_at=row["last_sweep_at"], exists=True)
 
 
 def read_state(conn: Connection, account_key: str, stream_key: str) -> StreamState:
@@ -176,7 +182,7 @@ WITH written AS (
 )
 INSERT INTO {dm_sync_audit.fullname} ({", ".join(_AUDIT_PAGE_COLUMNS)}, events_inserted, events_updated)
 SELECT {", ".join(_cast(c) for c in _AUDIT_PAGE_COLUMNS)}, counts.inserted, counts.updated FROM counts
-RETURNING events_inserted, events_updated"""
+RETURNING events_inserted, events_updated, audit_id"""
 
 
 def _event_json(e: EventRow) -> dict[str, Any]:
@@ -231,7 +237,8 @@ ON CONFLICT (account_key, stream_key) DO UPDATE SET
     -- the pass this page closes started at pass_started_at: every event created before then was seen
     covered_at = CASE WHEN %(closing)s THEN coalesce(s.pass_started_at, now()) ELSE s.covered_at END,
     empty_polls = EXCLUDED.empty_polls, next_poll_at = EXCLUDED.next_poll_at,
-    pass_stale_runs = EXCLUDED.pass_stale_runs"""
+    pass_stale_runs = EXCLUDED.pass_stale_runs,
+    last_sweep_at = CASE WHEN %(swept)s THEN now() ELSE s.last_sweep_at END"""
 
 
 def write_state(conn: Connection, account: Account, stream: Stream, state: StreamState, *,
@@ -374,7 +381,7 @@ def _state_params(account: Account, stream: Stream, state: StreamState) -> dict[
             "pass_sweep": state.pass_sweep, "set_status": False, "status": None, "error_code": None,
             "succeeded": False, "history_complete": state.history_complete, "closing": False,
             "empty_polls": state.empty_polls, "next_poll_at": state.next_poll_at,
-            "pass_stale_runs": state.pass_stale_runs}
+            "pass_stale_runs": state.pass_stale_runs, "swept": False}
 
 
 def commit_pages(engine: Engine, account: Account, stream: Stream, run_id: str,
@@ -418,9 +425,10 @@ def _commit_pages(engine: Engine, account: Account, stream: Stream, run_id: str,
     # The state row after the last page; and after any page that closes a pass within the group, so the
     # next pass gets its own pass_started_at (an open pass keeps the one it has).
     # A page write whose state has no open pass is the one that closed its pass.
-    states = [{**_state_params(account, stream, w.state), "closing": True}
+    states = [{**_state_params(account, stream, w.state), "closing": True, "swept": w.full_walk}
               for w in pages[:-1] if not w.state.pass_open]
-    states.append({**_state_params(account, stream, pages[-1].state), "closing": not pages[-1].state.pass_open})
+    states.append({**_state_params(account, stream, pages[-1].state), "closing": not pages[-1].state.pass_open,
+                   "swept": pages[-1].full_walk})
     with engine.begin() as conn:
         for write in pages:
             if write.page is not None and (write.page.conversations or write.page.quarantined
@@ -435,9 +443,18 @@ def _commit_pages(engine: Engine, account: Account, stream: Stream, run_id: str,
                     cur.execute(_UPSERT_PAGE, params, prepare=True)
                 if users is not None:
                     pg.cursor().execute(_UPSERT_USERS, users, prepare=True)
-                for state in states:
-                    pg.cursor().execute(_UPSERT_STATE, state, prepare=True)
+                if not any(w.judge is not None for w in pages):
+                    for state in states:
+                        pg.cursor().execute(_UPSERT_STATE, state, prepare=True)
+                    states = []
             counts = [cur.fetchone() for cur in cursors]
+            # A completed walk judges the stream's stored events, after its pages, before the state row
+            # closes the pass (the judgement reads the pass's start from it).
+            for write, count in zip(pages, counts, strict=True):
+                if write.judge is not None:
+                    deletions.judge(conn, account.key, stream.key, write.judge, int(count[2]) if count else None)
+            for state in states:
+                _driver_execute(conn, _UPSERT_STATE, state)
         except psycopg.Error as exc:
             raise DBAPIError.instance("page commit", None, exc, psycopg.Error) from None
     return [(int(c[0]), int(c[1])) if c else (0, 0) for c in counts]

@@ -126,7 +126,9 @@ class GetXApiClient:
 
     def streams(self) -> Iterator[Stream]:
         for tab in self.account.tabs:
-            yield Stream(key=f"tab:{tab}", endpoint=LIST, path=tab)
+            key = f"tab:{tab}"  # a tab serves its whole history; a conversation moved to another tab is
+            # restored by that tab's sweep in the same run
+            yield Stream(key=key, endpoint=LIST, path=tab, sweep_scope=("stream_key", key))
 
     def _body(self, tab: str, cursor: str | None) -> dict[str, Any]:
         auth_token = self._secret(self.account.auth_token_env)

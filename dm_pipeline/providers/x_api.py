@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import httpx
@@ -73,11 +73,18 @@ def participant_stream(participant_id: str, windows: Windows = Windows()) -> Str
                   vouching_window_days=windows.inbox_days)
 
 
+def one_to_one_id(a: str, b: str) -> str:
+    """X's 1:1 conversation ID: "{smaller}-{larger}"."""
+    lo, hi = sorted((a, b), key=int)
+    return f"{lo}-{hi}"
+
+
 def conversation_stream(conversation_id: str, windows: Windows = Windows()) -> Stream:
     cid = validate_id(conversation_id, CONVERSATION_ID_RE, "dm_conversation_id")
     return Stream(key=f"conversation:{cid}", endpoint=CONVERSATION_ENDPOINT,
                   path=f"/2/dm_conversations/{cid}/dm_events", retention_window_days=windows.conversation_days,
-                  vouched_by=INBOX_KEY, vouching_window_days=windows.inbox_days)
+                  vouched_by=INBOX_KEY, vouching_window_days=windows.inbox_days,
+                  sweep_scope=("conversation_id", cid) if windows.conversation_days is None else None)
 
 
 INBOX = inbox_stream()
@@ -245,7 +252,10 @@ class XClient:
         conversation the inbox has stored so far — read only after the inbox synced in this run."""
         yield inbox_stream(self._windows)
         for pid in self.account.participant_ids:
-            yield participant_stream(pid, self._windows)
+            stream = participant_stream(pid, self._windows)
+            full = self._windows.conversation_days is None
+            yield replace(stream, sweep_scope=("conversation_id", one_to_one_id(self.account.user_id, pid))
+                          if full else None)
         ids = list(self.account.conversation_ids)
         if self.account.discover_conversations and self._known_conversations:
             ids += self._known_conversations()

@@ -98,7 +98,8 @@ class XquikClient:
 
     def streams(self) -> Iterator[Stream]:
         for partner in self.account.partners:
-            yield Stream(key=f"with:{partner}", endpoint=HISTORY, path=partner)
+            key = f"with:{partner}"  # Xquik serves a partner's whole history: rows of this stream are judged
+            yield Stream(key=key, endpoint=HISTORY, path=partner, sweep_scope=("stream_key", key))
 
     def _get(self, path: str, params: dict[str, str], budget: Budget) -> Sent:
         request = self._http.build_request("GET", self.account.base_url + path, params=params,

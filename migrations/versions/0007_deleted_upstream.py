@@ -98,6 +98,8 @@ def upgrade() -> None:
                   schema='dm_private')
     op.add_column('sync_state', sa.Column('last_sweep_at', sa.DateTime(timezone=True), nullable=True),
                   schema='dm_private')
+    # A stream that has walked its whole history was, in effect, swept then: not due at once on upgrade.
+    op.execute("UPDATE dm_private.sync_state SET last_sweep_at = last_success_at WHERE history_complete")
     for column in ('events_marked_deleted', 'events_restored', 'events_erased'):
         op.add_column('dm_sync_audit', sa.Column(column, sa.Integer(), server_default=sa.text('0'),
                                                  nullable=False), schema='dm_audit')
