@@ -8,6 +8,8 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
+from dm_pipeline.models import Account
+
 
 @dataclass(frozen=True)
 class CheckOutcome:
@@ -95,3 +97,24 @@ def redaction(engine: Engine, account_keys: list[str], run_id: str | None = None
     with engine.connect() as conn:
         leaked = list(conn.scalars(sql, {"keys": account_keys, "run": run_id or ""}))
     return CheckOutcome(not leaked, {"leaking_message_ids": leaked})
+
+
+SWEEP_GRACE_S = 86400.0  # a due sweep of many conversations may take the rate limit's hours to finish
+
+
+def sweep_freshness(engine: Engine, accounts: list[Account]) -> CheckOutcome:
+    """Full-history streams (every stream but X's windowed inbox) of accounts that sweep, whose last complete
+    walk is older than the account's sweep interval (plus a day's grace): deletions upstream are found late."""
+    sweeping = {a.key: a.sweep_interval_s for a in accounts if a.sweep_interval_s > 0}
+    if not sweeping:
+        return CheckOutcome(True, {"accounts_sweeping": 0})
+    sql = text("""
+        SELECT account_key, stream_key, extract(epoch FROM now() - last_sweep_at)::float8 AS age_s
+        FROM dm_private.sync_state WHERE account_key = ANY(:keys) AND stream_key <> 'dm_events'""")
+    with engine.connect() as conn:
+        rows = list(conn.execute(sql, {"keys": list(sweeping)}).mappings())
+    late = [f"{r['account_key']}/{r['stream_key']}" for r in rows
+            if r["age_s"] is None or r["age_s"] > sweeping[r["account_key"]] + SWEEP_GRACE_S]
+    ages = [float(r["age_s"]) for r in rows if r["age_s"] is not None]
+    return CheckOutcome(not late, {"accounts_sweeping": len(sweeping), "streams": len(rows), "late": late[:50],
+                                   "oldest_sweep_days": round(max(ages) / 86400, 1) if ages else None})

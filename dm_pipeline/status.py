@@ -150,6 +150,8 @@ class StreamStatusRow:
     gap_suspected: bool
     next_poll_at: datetime | None        # billed providers backing off: not polled before this
     empty_polls: int
+    last_sweep_at: datetime | None       # the last complete walk of the stream (first pass or sweep)
+    marked_deleted: int                  # stored events a walk found missing upstream (deleted_upstream_at)
 
 
 _SQL = text("""
@@ -164,7 +166,9 @@ SELECT s.account_key, s.stream_key, s.provider, s.last_status, s.updated_at AS l
        EXISTS (SELECT FROM dm_audit.dm_sync_audit g
                 WHERE g.account_key = s.account_key AND g.stream_key = s.stream_key AND g.gap_suspected)
          AS gap_suspected,
-       s.next_poll_at, s.empty_polls
+       s.next_poll_at, s.empty_polls, s.last_sweep_at,
+       (SELECT count(*) FROM dm_private.dm_history d WHERE d.account_key = s.account_key
+         AND d.stream_key = s.stream_key AND d.deleted_upstream_at IS NOT NULL)::int AS marked_deleted
 FROM dm_private.sync_state s
 LEFT JOIN dm_private.sync_state i ON i.account_key = s.account_key AND i.stream_key = 'dm_events'
 LEFT JOIN LATERAL (

@@ -219,12 +219,13 @@ def page_json(events: Iterable[EventRow]) -> str:
 _UPSERT_STATE = f"""
 INSERT INTO {sync_state.fullname} AS s (account_key, stream_key, provider, endpoint, high_water_id, pass_started_at,
     pass_cursor, pass_stop_id, pass_newest_id, pass_pages, pass_sweep, last_status, last_error_code,
-    last_success_at, updated_at, history_complete, covered_at, empty_polls, next_poll_at, pass_stale_runs)
+    last_success_at, updated_at, history_complete, covered_at, empty_polls, next_poll_at, pass_stale_runs,
+    last_sweep_at)
 VALUES (%(account_key)s, %(stream_key)s, %(provider)s, %(endpoint)s, %(high_water_id)s,
         CASE WHEN %(pass_open)s THEN now() END, %(pass_cursor)s, %(pass_stop_id)s, %(pass_newest_id)s,
         %(pass_pages)s, %(pass_sweep)s, %(status)s, %(error_code)s, CASE WHEN %(succeeded)s THEN now() END, now(),
         %(history_complete)s, CASE WHEN %(closing)s THEN now() END, %(empty_polls)s, %(next_poll_at)s,
-        %(pass_stale_runs)s)
+        %(pass_stale_runs)s, CASE WHEN %(swept)s THEN now() END)
 ON CONFLICT (account_key, stream_key) DO UPDATE SET
     provider = EXCLUDED.provider, endpoint = EXCLUDED.endpoint, high_water_id = EXCLUDED.high_water_id,
     pass_started_at = CASE WHEN %(pass_open)s THEN coalesce(s.pass_started_at, now()) END,

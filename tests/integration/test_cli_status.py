@@ -18,9 +18,9 @@ from tests.integration.test_cli_sync import write_accounts
 def rows(stdout: str) -> dict[str, list[str]]:
     """Table rows by 'account/stream' (rich's box characters split the cells)."""
     out = {}
-    for line in stdout.splitlines():
+    for line in stdout.split("cost per account")[0].splitlines():  # the stream table, not the cost table
         cells = [c.strip() for c in re.split(r"[│┃]", line)[1:-1]]
-        if len(cells) == 7 and cells[0] not in {"account", ""}:
+        if len(cells) == 8 and cells[0] not in {"account", ""}:
             out[f"{cells[0]}/{cells[1]}"] = cells
     return out
 
@@ -42,7 +42,7 @@ def test_status_after_syncs(tmp_path: Path, sim, db_url: str, engine: Engine) ->
     table = rows(proc.stdout)
     assert set(table) == {"x-one/dm_events", "gx-two/tab:all", "gx-two/tab:requests", "x-later/—"}
 
-    _, _, last_run, lag, high_water, pass_, error = table["x-one/dm_events"]
+    _, _, last_run, lag, high_water, pass_, sweep, error = table["x-one/dm_events"]
     assert last_run.startswith("partial ") and last_run.endswith(" ago")   # parked by --max-pages 1
     assert re.fullmatch(r"\d+s", lag)                                        # the first sync succeeded
     with engine.connect() as conn:
@@ -53,9 +53,10 @@ def test_status_after_syncs(tmp_path: Path, sim, db_url: str, engine: Engine) ->
     assert high_water == f"{hw_at:%Y-%m-%d %H:%M}"
     assert re.fullmatch(r"1 pages since \d\d-\d\d \d\d:\d\d", pass_)
     assert error == "—"
+    assert sweep.endswith(" ago")  # the first pass walked the whole inbox window: a complete walk
 
     failed = table["gx-two/tab:all"]
-    assert failed[2].startswith("failed ") and failed[6].startswith("invalid_auth_token (HTTP 401) ")
+    assert failed[2].startswith("failed ") and failed[7].startswith("invalid_auth_token (HTTP 401) ")
     assert table["x-later/—"][2] == "never synced"
     assert ("invalid_auth_token: GetXAPI: the account's auth_token cookie is invalid or expired (401). Fix:"
             in proc.stdout)

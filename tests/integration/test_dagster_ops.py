@@ -180,7 +180,8 @@ def test_a_sweep_run_refreshes_an_edit_a_normal_run_cannot_see(  # type: ignore[
         assert sweep.success and updated(sweep) == 1 and stored_text() == edited
         assert instance.get_run_by_id(sweep.run_id).tags[SWEEP_TAG] == "true"  # type: ignore[union-attr]
         checks = {e.check_name: e.passed for e in sweep.get_asset_check_evaluations()}
-        assert checks == {"reconciliation": True, "freshness": True, "gap_suspected": True, "redaction": True}
+        assert checks == {"reconciliation": True, "freshness": True, "gap_suspected": True, "redaction": True,
+                               "sweep_freshness": True}
 
 
 # ------------------------------------------------------------------------------------ dagster.yaml
