@@ -5,6 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+DEV_ARGS ?=
 SIZE ?= 1000000
 BENCH_STAMP := $(VENV)/.installed-bench
 # Every dependency comes from a hashed lock (`make lock` regenerates both; see scripts/lock.sh).
@@ -48,8 +49,10 @@ browser:
 	echo "installing Debian's chromium for the browser tests"; \
 	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium
 
+# The UI and daemon on what `make run` prepares (database, migrations, and the simulator with its credentials
+# for the accounts that point at it), served until dagster dev stops. `make dev DEV_ARGS="-p 3001"`.
 dev: install
-	eval "$$($(BIN)/dm-pipeline db env)" && exec $(BIN)/dagster dev -w workspace.yaml
+	exec $(BIN)/dm-pipeline dev $(DEV_ARGS)
 
 lint: install
 	$(BIN)/ruff check dm_pipeline tests migrations

@@ -58,7 +58,7 @@ def project_instance(tmp: Path) -> Iterator[Any]:
 
     base = start_embedded(bench_pgdata())
     name = f"bench_dagster_{uuid.uuid4().hex[:8]}"
-    url = ensure_database(base, name).set(drivername="postgresql+psycopg2")  # see ENVIRONMENT-NOTES
+    url = ensure_database(base, name).set(drivername="postgresql+psycopg2")  # docs/architecture.md §13
     home = tmp / "dagster_home"
     home.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")

@@ -59,7 +59,7 @@ def main() -> None:
     import dlt
 
     url = make_url(args.db)
-    # dlt wants a password even under trust auth (ENVIRONMENT-NOTES); the socket directory goes in `host`.
+    # dlt wants a password even under trust auth (docs/architecture.md §13); the socket directory goes in `host`.
     credentials = (f"postgresql://{url.username or 'postgres'}:unused@localhost/{url.database}"
                    f"?host={url.query.get('host', '')}")
     with tempfile.TemporaryDirectory() as tmp:

@@ -35,6 +35,7 @@ DEFAULT_SWEEP_INTERVAL_S = 7 * 86400  # X conversation streams are swept weekly;
 Tab = Literal["all", "requests", "hidden"]
 EXAMPLE = "config/accounts.example.yaml"
 TOKEN_KEY_ENV = "DM_PIPELINE_TOKEN_KEY"  # the Fernet key that encrypts stored OAuth tokens (see oauth.py)
+OLD_KEYS_ENV = "DM_PIPELINE_TOKEN_KEYS_OLD"  # earlier keys that still decrypt them (`dm-pipeline oauth rotate-key`)
 MAX_POLL_INTERVAL_S = 7 * 86400
 _DURATION = re.compile(r"^\s*([0-9]+)\s*([smhd]?)\s*$", re.IGNORECASE)
 _UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -66,6 +67,8 @@ class OAuthEntry(BaseModel):
     refresh_token_env: str | None = Field(default=None, pattern=ENV_NAME)
     client_secret_env: str | None = Field(default=None, pattern=ENV_NAME)
     token_url: str | None = Field(default=None, pattern=r"^https?://[^\s/]+")
+    authorize_url: str | None = Field(default=None, pattern=r"^https?://[^\s/]+")
+    redirect_uri: str | None = Field(default=None, pattern=r"^https?://[^\s/]+")
 
 
 class AccountEntry(BaseModel):
@@ -159,10 +162,11 @@ class AccountEntry(BaseModel):
         if (self.ct0_env is None) != (self.twid_env is None):
             raise ValueError("`ct0_env` and `twid_env` go together (GetXAPI uses the cookies only as a pair). "
                              "Fix: set both or neither")
-        if not self.token_env and not (self.oauth and self.oauth.refresh_token_env):
+        if not self.token_env and self.oauth is None:  # X with `oauth`: `dm-pipeline accounts connect` stores them
             what = {Provider.X: "OAuth 2.0 user access token", Provider.XQUIK: "Xquik API key",
                     Provider.GETXAPI: "GetXAPI API key"}[p]
-            extra = " (or, for X with OAuth refresh, `oauth.refresh_token_env`)" if p is Provider.X else ""
+            extra = (" (or, for X, an `oauth` block: `dm-pipeline accounts connect KEY` then stores the tokens)"
+                     if p is Provider.X else "")
             raise ValueError(f"`token_env` is missing: the name of the environment variable holding the "
                              f"{what}{extra}. Fix: add e.g. `token_env: {p.value.upper()}_TOKEN_SUPPORT`")
         return self
@@ -295,6 +299,9 @@ FIELDS: dict[str, tuple[str, str]] = {
     "discover": ("true or false", "e.g. `discover: true`"),
     "tabs": ("a non-empty list of GetXAPI inbox tabs: all, requests, hidden", "e.g. `tabs: [all, requests]`"),
     "token_url": ("an http:// or https:// URL", "leave it out to use <base_url>/2/oauth2/token"),
+    "authorize_url": ("an http:// or https:// URL", "leave it out to use https://x.com/i/oauth2/authorize"),
+    "redirect_uri": ("the callback URL registered on the X app, e.g. http://127.0.0.1:8976/callback",
+                     "leave it out to use http://127.0.0.1:8976/callback (register that on the X app)"),
     "on_upstream_delete": ("keep, mark or erase: what a sweep does with messages the provider no longer returns",
                            "e.g. `on_upstream_delete: mark` (the default: kept, hidden from analysts)"),
     "allow_insecure_http": ("true or false (default false: credentials go over plain http:// only to a loopback "
@@ -302,7 +309,8 @@ FIELDS: dict[str, tuple[str, str]] = {
                             "credentials unencrypted, or remove it"),
     "conversations": ("a mapping with `discover`, `ids` and/or `participants`",
                       "e.g. `conversations: {discover: true}`"),
-    "oauth": ("a mapping with `client_id_env` and optionally `refresh_token_env`, `client_secret_env`, `token_url`",
+    "oauth": ("a mapping with `client_id_env` and optionally `refresh_token_env`, `client_secret_env`, `token_url`, "
+              "`authorize_url`, `redirect_uri`",
               f"see the X entries of {EXAMPLE}"),
     "accounts": ("a list of account entries, each starting with `- key: …`", f"see {EXAMPLE}"),
 }
@@ -631,8 +639,10 @@ def transport_problems(account: Account) -> list[tuple[str, str]]:
     """(field, message) for each URL of `account` that would carry its credentials in clear to a host that
     is not a loopback address (unless the entry sets `allow_insecure_http: true`), or cannot be read."""
     urls = [("base_url", account.base_url)]
-    if account.oauth is not None and account.oauth.token_url:
-        urls.append(("oauth.token_url", account.oauth.token_url))
+    if account.oauth is not None:
+        urls += [(f"oauth.{name}", url) for name, url in (("token_url", account.oauth.token_url),
+                                                          ("authorize_url", account.oauth.authorize_url),
+                                                          ("redirect_uri", account.oauth.redirect_uri)) if url]
     problems: list[tuple[str, str]] = []
     for field, url in urls:
         try:

@@ -74,6 +74,7 @@ def main(verbose: bool) -> None:
     \b
     First steps:
       make run                    the main job on the embedded Postgres + the provider simulator
+      make dev                    the Dagster UI on the same (dm-pipeline dev), simulator included
       dm-pipeline status          where every account x stream stands
       dm-pipeline sync            sync now, outside Dagster, with a progress bar per stream
       psql "$(dm-pipeline db url --libpq)"   query the warehouse (see docs/analyst.md)
@@ -164,6 +165,33 @@ def _explain_errors(codes: set[str]) -> None:
             out.print(f"  {text}", soft_wrap=True, markup=False)
 
 
+# ---------------------------------------------------------------- dev
+
+@main.command(context_settings={**CONTEXT, "ignore_unknown_options": True, "help_option_names": ["--help"]},
+              short_help="`dagster dev` (the UI) on the environment `run` prepares, simulator included.")
+@click.argument("dagster_args", nargs=-1, type=click.UNPROCESSED)
+@friendly_errors
+def dev(dagster_args: tuple[str, ...]) -> None:
+    """The Dagster UI and daemon (`dagster dev -w workspace.yaml`; `make dev`) on what `run` prepares: the
+    database URLs and DAGSTER_HOME exported, the embedded warehouse migrated, and for accounts whose
+    base_url is the simulator's address, the simulator served with their credentials exported, so UI
+    backfills and schedules of the default accounts succeed. Extra arguments go to `dagster dev`.
+
+    Accounts on real providers use their own variables (a missing one is a warning: their runs fail
+    until it is set) and a DATABASE_URL of yours is used as it is. Stops with dagster dev (Ctrl-C, or
+    SIGTERM to this process). Only --help is this command's own: -h is `dagster dev`'s host.
+
+    \b
+    Example: dm-pipeline dev -h 127.0.0.1 -p 3001
+    """
+    from dm_pipeline.dev import run_dev
+
+    settings = _settings()
+    _check_dagster_storage(settings)
+    code = run_dev(dagster_args, settings, echo=lambda line: err.print(_escape(line), soft_wrap=True))
+    sys.exit(code)
+
+
 # ---------------------------------------------------------------- db
 
 @main.group(context_settings=CONTEXT, short_help="The database: URL, psql, start/stop, migrations.")
@@ -246,10 +274,12 @@ def _bundled_psql() -> str | None:
 @db.command("env", context_settings=CONTEXT, short_help="Print export lines for Dagster (dagster dev).")
 @friendly_errors
 def db_env() -> None:
-    """Print `export` lines for DATABASE_URL, DAGSTER_PG_URL and DAGSTER_HOME (for `dagster dev`).
+    """Print `export` lines for DATABASE_URL, DAGSTER_PG_URL and DAGSTER_HOME (for the Dagster services).
+    Only the database: no credential, no simulator. `dm-pipeline dev` (`make dev`) exports these and, for
+    accounts pointing at the simulator, serves it with their credentials.
 
     \b
-    Example: eval "$(dm-pipeline db env)" && dagster dev -w workspace.yaml
+    Example: eval "$(dm-pipeline db env)" && dagster-daemon run -w workspace.yaml
     """
     import shlex
 
@@ -515,7 +545,8 @@ def status(account_keys: tuple[str, ...]) -> None:
                           f"{', '.join(sorted(set(configured) | synced)) or 'none'}")
     now = datetime.now(UTC)
     table = Table(title="sync status per account × stream (times UTC)")
-    for col in ("account", "stream", "last run", "lag", "high-water event", "pass in progress", "last error"):
+    for col in ("account", "stream", "last run", "lag", "high-water event", "pass in progress", "last sweep",
+                "last error"):
         table.add_column(col, no_wrap=col in {"account", "stream", "high-water event"}, overflow="fold")
     for r in rows:
         state = f"{r.last_status or '—'} {since(r.last_run_at, now)}"
@@ -532,11 +563,12 @@ def status(account_keys: tuple[str, ...]) -> None:
         error = "—" if not r.last_error_code else (
             f"{r.last_error_code}" + (f" (HTTP {r.last_error_http})" if r.last_error_http else "")
             + f" {since(r.last_error_at, now)}")
+        sweep = since(r.last_sweep_at, now) + (f"; {r.marked_deleted} deleted upstream" if r.marked_deleted else "")
         table.add_row(r.account_key, r.stream_key, state, age(r.lag_s) if r.last_success_at else "never", hw,
-                      pass_, error)
+                      pass_, sweep, error)
     for key in configured:
         if key not in synced and (not account_keys or key in account_keys):
-            table.add_row(key, "—", "never synced", "—", "—", "—", "—")
+            table.add_row(key, "—", "never synced", "—", "—", "—", "—", "—")
     out.print(table)
     costs = account_costs(engine, settings.poll_interval_s, list(account_keys) or None)
     if costs:
@@ -698,7 +730,8 @@ def _print_simulator(sim: Any, settings: Any, seed: int) -> None:
     for col in ("provider", "base_url", "credentials"):
         providers.add_column(col, overflow="fold")
     providers.add_row("x", sim.base_url("x"), "token_env: the account's X token below (Bearer). oauth: any "
-                      f"client ID; token endpoint {sim.base_url('x')}/2/oauth2/token; a first token pair: "
+                      f"client ID; token endpoint {sim.base_url('x')}/2/oauth2/token; consent page "
+                      f"{sim.url}/i/oauth2/authorize (dm-pipeline accounts connect KEY); or a first token pair: "
                       f"curl -X POST {sim.url}/_sim/oauth/issue -d '{{\"user_id\": \"<user_id>\"}}'")
     providers.add_row("xquik", sim.base_url("xquik"),
                       f"token_env: {w.xquik_key()} (x-api-key); handle: the account's handle below")
@@ -726,9 +759,17 @@ def _print_simulator(sim: Any, settings: Any, seed: int) -> None:
         env.update(simulator_credentials(w, account))
     click.echo("")
     click.echo(f"To sync {settings.accounts_file} against it from another shell:")
-    click.echo("  export " + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()))
+    if env:
+        click.echo("  export " + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()))
     click.echo("  dm-pipeline sync")
 
+
+# `accounts connect` and `oauth status | reset | rotate-key` live in cli_oauth.py
+from dm_pipeline.cli_oauth import connect as _connect  # noqa: E402
+from dm_pipeline.cli_oauth import oauth as _oauth  # noqa: E402
+
+accounts.add_command(_connect)
+main.add_command(_oauth)
 
 if __name__ == "__main__":
     main(prog_name="dm-pipeline")

@@ -4,8 +4,9 @@ What goes: the account's rows in dm_history, dm_conversations, dm_conversation_e
 oauth_tokens and sync_state (text, raw payloads, participants, tokens, cursor state).
 
 What the audit keeps: its rows of the account stay, with IDs (run, message, newest/oldest), counts, HTTP
-statuses, job statuses and error codes, as seeds 000/001 allow in shared logs; their cursors and media
-references are nulled (a cursor plus a token re-reads the conversation; a media URL points at content).
+statuses, job statuses and error codes, as Xquik's storage rules allow in shared logs (docs/architecture.md
+§11); their cursors and media references are nulled (a cursor plus a token re-reads the conversation; a
+media URL points at content).
 Message IDs survive on purpose: they carry no content, they let the audit show what was loaded and then
 erased, and the same message may still be held, legitimately, by another connected account. A row in
 dm_audit.dm_erasures records the erasure: who, when, and how many rows of each kind.

@@ -1,4 +1,4 @@
-"""`dm-pipeline export`: an account's messages as the redacted JSON Lines handoff of seed 001.
+"""`dm-pipeline export`: an account's messages as Xquik's redacted JSON Lines handoff (docs/architecture.md §11).
 
 One record per message (`MessageCreate`; joins and leaves are not messages): message_id, conversation_id,
 sender_id, receiver_id, created_at and, only when the message has media, media_url. Never text. Ordered by

@@ -32,6 +32,10 @@ class OAuthConfig:
     refresh_token_env: str | None = None      # the first refresh token; later ones live encrypted in Postgres
     client_secret_env: str | None = None      # confidential clients: Basic auth on the token endpoint
     token_url: str | None = None              # default: {base_url}/2/oauth2/token
+    # `dm-pipeline accounts connect` (oauth_connect.py): where the browser authorizes, and the loopback
+    # callback registered on the X app. None: the defaults (oauth_connect.authorize_url_of / redirect_uri_of).
+    authorize_url: str | None = None
+    redirect_uri: str | None = None
 
 
 @dataclass(frozen=True)

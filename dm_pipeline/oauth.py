@@ -6,8 +6,11 @@ spend the same refresh token. Hand-written rather than authlib's session: the or
 then use" inside our own transaction is the whole point, and a session's auto-refresh hides it.
 
 A refresh token X refuses is remembered (`refresh_rejected_at`, committed before the error is raised) and
-never posted again: the account fails without a request until the operator exports a fresh pair from a new
-authorization, which the next refresh adopts in its place.
+never posted again: the account fails without a request until `dm-pipeline accounts connect` stores the pair
+of a new authorization (`store_authorized`), or the operator exports one, which the next refresh adopts.
+
+Keys: pairs are written with DM_PIPELINE_TOKEN_KEY and read with it or any key in DM_PIPELINE_TOKEN_KEYS_OLD
+(a MultiFernet), so a key change keeps every account syncing until `dm-pipeline oauth rotate-key`.
 """
 
 from __future__ import annotations
@@ -15,12 +18,12 @@ from __future__ import annotations
 import base64
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-from cryptography.fernet import Fernet, InvalidToken
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from sqlalchemy import Connection, Engine, func, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
@@ -29,6 +32,7 @@ from dm_pipeline.errors import AuthError, ConfigError
 from dm_pipeline.models import Account
 
 KEY_ENV = "DM_PIPELINE_TOKEN_KEY"
+OLD_KEYS_ENV = "DM_PIPELINE_TOKEN_KEYS_OLD"  # earlier keys, comma- or space-separated: read, never written
 EXPIRY_MARGIN_S = 10.0  # refresh slightly early, as X's own SDK does
 DEFAULT_EXPIRES_IN_S = 7200.0
 EPOCH = datetime.fromtimestamp(0, UTC)  # the expiry of a pair with no access token: refresh before use
@@ -46,9 +50,27 @@ class TokenPair:
     refresh: str | None
     expires_at: datetime | None
     rejected_at: datetime | None = None   # X refused `refresh`: it is never posted again
+    scope: str | None = field(default=None, compare=False)   # as X granted it; None: unknown (keep the stored)
+
+    def __repr__(self) -> str:  # never the tokens
+        return f"TokenPair(expires_at={self.expires_at!r}, scope={self.scope!r})"
 
 
-def fernet_from(secret: Secret) -> Fernet:
+def old_keys(secret: Secret) -> list[Fernet]:
+    """The keys in DM_PIPELINE_TOKEN_KEYS_OLD (none when unset); a malformed one is a ConfigError naming its
+    position, never its value."""
+    raw = secret(OLD_KEYS_ENV) or ""
+    keys: list[Fernet] = []
+    for n, item in enumerate(raw.replace(",", " ").split(), start=1):
+        try:
+            keys.append(Fernet(item.encode()))
+        except ValueError:
+            raise ConfigError(f"{OLD_KEYS_ENV}: item {n} is not a valid Fernet key (44 url-safe base64 characters; "
+                              "the value is not shown). Fix: list the earlier keys, comma-separated") from None
+    return keys
+
+
+def primary_key(secret: Secret) -> Fernet:
     key = secret(KEY_ENV)
     if not key:
         raise ConfigError(f"{KEY_ENV} is not set; it encrypts stored OAuth tokens. Fix: export {KEY_ENV}=$(python "
@@ -57,6 +79,11 @@ def fernet_from(secret: Secret) -> Fernet:
         return Fernet(key.encode())
     except ValueError:
         raise ConfigError(f"{KEY_ENV} is not a valid Fernet key (32 url-safe base64 bytes)") from None
+
+
+def fernet_from(secret: Secret) -> MultiFernet:
+    """Encrypts with DM_PIPELINE_TOKEN_KEY; decrypts with it or any key of DM_PIPELINE_TOKEN_KEYS_OLD."""
+    return MultiFernet([primary_key(secret), *old_keys(secret)])
 
 
 class XOAuth:
@@ -83,19 +110,28 @@ class XOAuth:
             refresh = self._fernet.decrypt(row.refresh_token_enc).decode() if row.refresh_token_enc else None
         except InvalidToken:
             raise ConfigError(f"the stored OAuth tokens of {self.account.key!r} cannot be decrypted with "
-                              f"{KEY_ENV}. Fix: restore the key it was written with, or delete the row "
-                              "from dm_private.oauth_tokens and export fresh tokens") from None
-        return TokenPair(access, refresh, row.expires_at, row.refresh_rejected_at)
+                              f"{KEY_ENV} (nor {OLD_KEYS_ENV}). Fix: restore the key they were written with (as "
+                              f"{OLD_KEYS_ENV} after a key change), or dm-pipeline oauth reset --account "
+                              f"{self.account.key} --yes and dm-pipeline accounts connect {self.account.key}") from None
+        return TokenPair(access, refresh, row.expires_at, row.refresh_rejected_at, row.scope)
 
-    def _store(self, conn: Connection, pair: TokenPair, *, rejected: bool = False) -> None:
-        """Write `pair`; `rejected`: X refused its refresh token (now), else any earlier refusal is cleared."""
-        values = {
+    def _store(self, conn: Connection, pair: TokenPair, *, rejected: bool = False, refreshed: bool = False,
+               authorized: bool = False) -> None:
+        """Write `pair`; `rejected`: X refused its refresh token (now), else any earlier refusal is cleared.
+        `refreshed`: a refresh rotated it (now); `authorized`: a new authorization (`accounts connect`)."""
+        values: dict[str, Any] = {
             "provider": self.account.provider.value,
             "access_token_enc": self._fernet.encrypt(pair.access.encode()),
             "refresh_token_enc": self._fernet.encrypt(pair.refresh.encode()) if pair.refresh else None,
             "expires_at": pair.expires_at,
             "refresh_rejected_at": func.now() if rejected else None,
         }
+        if pair.scope is not None:
+            values["scope"] = pair.scope
+        if refreshed:
+            values["last_refreshed_at"] = func.now()
+        if authorized:
+            values.update(authorized_at=func.now(), last_refreshed_at=None, scope=pair.scope)
         stmt = pg_insert(oauth_tokens).values(account_key=self.account.key, **values)
         conn.execute(stmt.on_conflict_do_update(index_elements=[oauth_tokens.c.account_key],
                                                 set_={**values, "updated_at": text("now()")}))
@@ -108,8 +144,8 @@ class XOAuth:
     def _reconnect(self) -> str:
         """How to recover from a spent or refused refresh token (names of variables, never values)."""
         names = " and ".join(n for n in (self.account.token_env, self._oauth.refresh_token_env) if n)
-        under = f" under {names}" if names else ""
-        return f"Fix: authorize again (PKCE, offline.access) and export the new pair{under}"
+        connect = f"Fix: dm-pipeline accounts connect {self.account.key}"
+        return f"{connect}; or authorize elsewhere and export the new pair under {names}" if names else connect
 
     def _exported_pair(self, stored: TokenPair) -> TokenPair | None:
         """The pair the operator exported after re-authorizing, when its refresh token is not the stored
@@ -123,6 +159,14 @@ class XOAuth:
         return TokenPair(access, refresh, None)
 
     # ----------------------------------------------------------------- API
+    def store_authorized(self, pair: TokenPair) -> None:
+        """Store the pair of a new authorization (`accounts connect`) in place of whatever is stored (a refused
+        refresh token included), under the account's refresh lock, so no refresh spends the old pair meanwhile."""
+        with self._engine.begin() as conn:
+            conn.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
+                         {"k": f"dm_pipeline:oauth:{self.account.key}"})
+            self._store(conn, pair, authorized=True)
+
     def access_token(self) -> str:
         with self._engine.begin() as conn:
             pair = self._load(conn)
@@ -130,9 +174,10 @@ class XOAuth:
                 access = self._secret(self.account.token_env)
                 refresh = self._secret(self._oauth.refresh_token_env)
                 if not access and not refresh:
-                    raise ConfigError(f"account {self.account.key!r} has no stored OAuth tokens and neither "
-                                      f"{self.account.token_env} nor {self._oauth.refresh_token_env} is set. "
-                                      "Fix: export the access and refresh tokens of the first authorization")
+                    named = " nor ".join(n for n in (self.account.token_env, self._oauth.refresh_token_env) if n)
+                    raise ConfigError(f"account {self.account.key!r} is not connected: no OAuth tokens are stored"
+                                      f"{f' and neither {named} is set' if named else ''}. "
+                                      f"Fix: dm-pipeline accounts connect {self.account.key}")
                 pair = TokenPair(access or "", refresh, None if access else EPOCH)
                 self._store(conn, pair)
         if not pair.access or self._expired(pair) or pair.rejected_at is not None:
@@ -191,7 +236,7 @@ class XOAuth:
                     self._store(conn, TokenPair(base.access, refresh, base.expires_at), rejected=True)
             else:
                 new = self._parse(response, refresh)
-                self._store(conn, new)  # committed on leaving this block: before the new token is used
+                self._store(conn, new, refreshed=True)  # committed on leaving this block: before it is used
         if refused is not None:
             raise refused
         self.refreshes += 1
@@ -235,11 +280,21 @@ class XOAuth:
             raise AuthError(f"X answered the token refresh of {self.account.key!r} with HTTP 200 but no token; "
                             f"the refresh token may have been spent. {self._reconnect()}", http_status=200,
                             error_code="refresh_unparseable", requests=1)
-        expires_in = body.get("expires_in") if isinstance(body, dict) else None
-        seconds = (float(expires_in) if isinstance(expires_in, int | float) and not isinstance(expires_in, bool)
-                   and 0 < expires_in < 10 ** 8 else DEFAULT_EXPIRES_IN_S)
+        scope = body.get("scope")
         return TokenPair(access=access, refresh=refresh or spent,
-                         expires_at=datetime.fromtimestamp(self._clock(), UTC) + timedelta(seconds=seconds))
+                         expires_at=expiry(body.get("expires_in"), self._clock()),
+                         scope=scope if isinstance(scope, str) and len(scope) <= 1000 else None)
+
+
+def expiry(expires_in: Any, now: float) -> datetime:
+    """When a token that lives `expires_in` seconds (a token reply's field; 2 hours if unusable) expires."""
+    seconds = (float(expires_in) if isinstance(expires_in, int | float) and not isinstance(expires_in, bool)
+               and 0 < expires_in < 10 ** 8 else DEFAULT_EXPIRES_IN_S)
+    return datetime.fromtimestamp(now, UTC) + timedelta(seconds=seconds)
+
+
+def oauth_error(response: httpx.Response) -> str | None:
+    return _oauth_error(response)
 
 
 def _oauth_error(response: httpx.Response) -> str | None:

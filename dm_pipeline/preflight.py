@@ -19,6 +19,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from dm_pipeline.accounts import (
+    OLD_KEYS_ENV,
     TOKEN_KEY_ENV,
     EnvNeed,
     describe_missing,
@@ -34,7 +35,7 @@ from dm_pipeline.models import Account, Provider
 from dm_pipeline.settings import Settings, load_settings
 
 if TYPE_CHECKING:
-    from cryptography.fernet import Fernet
+    from cryptography.fernet import Fernet, MultiFernet
 
 Lookup = Callable[[str], str | None]
 NUMERIC_SETTINGS: dict[str, tuple[type, float, str]] = {
@@ -135,7 +136,7 @@ class StoredTokens:
     access_enc: bytes = field(repr=False)
     refresh_enc: bytes | None = field(repr=False)
 
-    def decrypts_with(self, fernet: Fernet) -> bool:
+    def decrypts_with(self, fernet: Fernet | MultiFernet) -> bool:
         from cryptography.fernet import InvalidToken
 
         try:
@@ -159,26 +160,41 @@ def stored_oauth_tokens(engine: Engine) -> dict[str, StoredTokens]:
             for key, access, refresh in rows}
 
 
-def check_token_key(accounts: Iterable[Account], stored: Mapping[str, StoredTokens], fernet: Fernet) -> None:
-    """The selected X accounts with `oauth` whose pair is stored: the key must decrypt it, else the sync
-    would fail every stream of theirs with config_error. One ConfigError naming them and both fixes."""
+def check_token_key(accounts: Iterable[Account], stored: Mapping[str, StoredTokens],
+                    fernet: Fernet | MultiFernet) -> None:
+    """The selected X accounts with `oauth` whose pair is stored: the key (or an old key of
+    DM_PIPELINE_TOKEN_KEYS_OLD: `fernet` is then a MultiFernet) must decrypt it, else the sync would fail
+    every stream of theirs with config_error. One ConfigError naming them and the fixes."""
     unreadable = [a for a in accounts if a.provider is Provider.X and a.oauth is not None and a.key in stored
                   and not stored[a.key].decrypts_with(fernet)]
     if not unreadable:
         return
     keys = [a.key for a in unreadable]
     named = f"account {keys[0]!r}" if len(keys) == 1 else "accounts " + ", ".join(repr(k) for k in keys)
-    quoted = ", ".join("'" + k.replace("'", "''") + "'" for k in keys)
-    where = f"= {quoted}" if len(keys) == 1 else f"IN ({quoted})"
     fresh = list(dict.fromkeys(n for a in unreadable for n in (a.token_env, a.oauth and a.oauth.refresh_token_env)
                                if n))
+    reset = " ".join(f"--account {k}" for k in keys)
+    connect = f"dm-pipeline accounts connect {keys[0] if len(keys) == 1 else 'KEY for each'}"
     raise ConfigError(
-        f"{TOKEN_KEY_ENV} does not decrypt the OAuth tokens stored for {named} in dm_private.oauth_tokens: they "
-        "were written with another key (no key or token is shown). Fix: export the key they were written with "
-        f"as {TOKEN_KEY_ENV} (after a key rotation, the old key); or forget the stored "
-        f"pair{'s' if len(keys) > 1 else ''}, dm-pipeline db psql -c \"DELETE FROM dm_private.oauth_tokens WHERE "
-        f"account_key {where}\", and export fresh tokens of a new authorization"
-        + (f" ({', '.join(fresh)})" if fresh else ""))
+        f"{TOKEN_KEY_ENV} does not decrypt the OAuth tokens stored for {named} in dm_private.oauth_tokens (nor does "
+        f"a key in {OLD_KEYS_ENV}): they were written with another key (no key or token is shown). Fix: export the "
+        f"key they were written with as {TOKEN_KEY_ENV}, or, after a key change, put the old key in {OLD_KEYS_ENV} "
+        f"(then dm-pipeline oauth rotate-key); or forget the stored pair{'s' if len(keys) > 1 else ''} and connect "
+        f"again: dm-pipeline oauth reset {reset} --yes, then {connect}"
+        + (f" (or export fresh tokens of a new authorization: {', '.join(fresh)})" if fresh else ""))
+
+
+def check_connected(accounts: Iterable[Account], stored: Iterable[str], lookup: Lookup) -> None:
+    """X accounts with `oauth` need a stored pair, or the first tokens in the variables they name (already
+    checked by missing_env when they name some): else `dm-pipeline accounts connect`."""
+    have = set(stored)
+    unconnected = [a.key for a in accounts if a.provider is Provider.X and a.oauth is not None and a.key not in have
+                   and not any(lookup(n) for n in (a.token_env, a.oauth.refresh_token_env) if n)]
+    if unconnected:
+        more = f" (also not connected: {', '.join(unconnected[1:])})" if len(unconnected) > 1 else ""
+        raise ConfigError(f"account {unconnected[0]!r} is not connected: no OAuth tokens are stored for it in "
+                          f"dm_private.oauth_tokens{more}. Fix: dm-pipeline accounts connect {unconnected[0]} "
+                          "(README: \"Connect an X account\")")
 
 
 # ---------------------------------------------------------------- accounts and environment
@@ -219,6 +235,9 @@ def missing_hint(settings: Settings, accounts: Iterable[Account]) -> Callable[[E
         account = by_key.get(need.account_key)
         if account is None:
             return ""
+        if account.oauth is not None and need.field in ("token_env", "oauth.refresh_token_env"):
+            return (f" (or, instead of exporting tokens, connect the account: dm-pipeline accounts connect "
+                    f"{account.key})")
         if need.field.startswith("oauth") or need.name == TOKEN_KEY_ENV:
             return " (README: \"X API v2 (official)\")"
         if is_simulator_url(account.base_url, settings.simulator_port):
@@ -247,7 +266,9 @@ def check_environment(accounts: list[Account], settings: Settings, source: Path,
     if missing:
         raise ConfigError(describe_missing(missing, source, missing_hint(settings, accounts)))
     if any(a.oauth is not None for a in accounts):
-        from cryptography.fernet import Fernet
+        from cryptography.fernet import Fernet, MultiFernet
+
+        from dm_pipeline.oauth import old_keys
 
         try:
             fernet = Fernet((lookup(TOKEN_KEY_ENV) or "").encode())
@@ -256,8 +277,10 @@ def check_environment(accounts: list[Account], settings: Settings, source: Path,
                               f"is not shown). Fix: export {TOKEN_KEY_ENV}=$(python -c 'from cryptography.fernet "
                               "import Fernet; print(Fernet.generate_key().decode())'), or restore the key the stored "
                               "tokens were written with") from None
+        keys = MultiFernet([fernet, *old_keys(lambda name: lookup(name) if name else None)])
         if isinstance(stored_oauth, Mapping):
-            check_token_key(accounts, stored_oauth, fernet)
+            check_token_key(accounts, stored_oauth, keys)
+            check_connected(accounts, stored_oauth, lookup)
     lines = field_lines(source)
     for account in accounts:
         if account.provider is Provider.GETXAPI and account.twid_env:

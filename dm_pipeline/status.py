@@ -25,7 +25,8 @@ ERROR_HELP: dict[str, tuple[str, str]] = {
     "unsupported_authentication": ("X: an app-only bearer token was used; DMs need a user-context token",
                                    "use an OAuth 2.0 user access token (Authorization Code + PKCE)"),
     "unauthorized": ("X: the access token expired (2 hours) or was revoked (401)",
-                     "export a fresh user token, or configure `oauth` so tokens refresh themselves"),
+                     "add an `oauth` block and dm-pipeline accounts connect KEY (tokens then refresh "
+                     "themselves), or export a fresh user token"),
     "usage_capped": ("X: the app's usage cap for the period is spent",
                      "wait for the cap to reset (the audit row's time + the period) or raise the plan"),
     "invalid_request": ("X: a request parameter was refused (400)",
@@ -40,17 +41,17 @@ ERROR_HELP: dict[str, tuple[str, str]] = {
     "not_found": ("the provider does not know this resource (404)", "check the IDs in the accounts file"),
     "refresh_rejected": ("X refused the refresh token: revoked, already used, or a wrong client ID / secret. "
                          "It is never posted again",
-                         "authorize again (PKCE + offline.access) and export the new pair (the fresh refresh "
-                         "token replaces the refused one)"),
+                         "dm-pipeline accounts connect KEY (its new pair replaces the refused one); if the client "
+                         "was refused, fix the client ID / secret variables first"),
     "refresh_unparseable": ("X answered the token refresh with something that is not a token: the refresh "
-                            "token may have been spent", "authorize again and export the new pair"),
+                            "token may have been spent", "dm-pipeline accounts connect KEY"),
     "partial_error": ("X answered 200 with `errors` and no data", "check the conversation IDs and the account's "
                       "access; the next run tries again"),
     "refresh_failed": ("the token refresh could not reach X, or X's token endpoint failed (5xx, 429)",
                        "nothing: the next run tries again"),
     "token_expired": ("X: the access token expired and no refresh token is stored",
-                      "authorize with the offline.access scope, set `oauth.refresh_token_env`, delete the "
-                      "account's row from dm_private.oauth_tokens and export the new tokens"),
+                      "dm-pipeline accounts connect KEY (it asks for offline.access, so a refresh token comes "
+                      "with the pair)"),
     "invalid_cursor": ("the provider rejected the stored pagination cursor twice",
                        "nothing usually: the next run restarts the pass from the top (dedupe absorbs overlap)"),
     # Xquik

@@ -1,10 +1,11 @@
-"""The incremental state machine of ARCHITECTURE.md §2. No Dagster import: Dagster, the CLI and the
+"""The incremental state machine of docs/architecture.md §2. No Dagster import: Dagster, the CLI and the
 tests all drive this same code.
 
 Per account x stream: resume the open pass (or start one whose stop_id is the high-water mark), fetch
 newest-first pages, keep events newer than stop_id, and commit rows + cursor + audit per page (on the
 committer's writer thread, so the next request does not wait for the commit). A crash costs at most the
-pages not yet committed (`write_ahead` + 1) of refetching and never leaves a gap.
+pages not yet committed (at most 2 * `write_ahead` + 1: the group being committed, the queue and
+the page in hand) of refetching and never leaves a gap.
 """
 
 from __future__ import annotations

@@ -108,7 +108,7 @@ def app_url(settings: Settings | None = None) -> URL:
 
 def dagster_url(settings: Settings | None = None) -> URL:
     """Dagster's instance storage: its own database on the embedded server (psycopg2: dagster-postgres
-    breaks on psycopg 3 with SQLAlchemy 2.1, see ENVIRONMENT-NOTES)."""
+    breaks on psycopg 3 with SQLAlchemy 2.1, docs/architecture.md §13)."""
     settings = settings or load_settings()
     base = server_url(settings)
     url = ensure_database(base, DAGSTER_DATABASE) if not settings.database_url else base.set(

@@ -72,7 +72,7 @@ sync_state = Table(
     Column("provider", Text, nullable=False),
     Column("endpoint", Text, nullable=False),
     Column("high_water_id", Text),
-    # An in-progress pass (ARCHITECTURE.md §2): started_at IS NOT NULL means one is open.
+    # An in-progress pass (docs/architecture.md §2): started_at IS NOT NULL means one is open.
     Column("pass_started_at", DateTime(timezone=True)),
     Column("pass_cursor", Text),
     Column("pass_stop_id", Text),
@@ -118,6 +118,9 @@ oauth_tokens = Table(
     Column("expires_at", DateTime(timezone=True)),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=_now),
     Column("refresh_rejected_at", DateTime(timezone=True)),  # the stored refresh token is never posted again
+    Column("scope", Text),                                   # as X granted it (space-separated)
+    Column("authorized_at", DateTime(timezone=True)),        # stored by `accounts connect`
+    Column("last_refreshed_at", DateTime(timezone=True)),    # last rotated by a refresh
     schema=PRIVATE,
 )
 

@@ -1,4 +1,4 @@
-"""The one-transaction page commit: rows + sync state + audit row, all or nothing (ARCHITECTURE.md §2)."""
+"""The one-transaction page commit: rows + sync state + audit row, all or nothing (docs/architecture.md §5)."""
 
 from __future__ import annotations
 

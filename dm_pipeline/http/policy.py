@@ -71,8 +71,11 @@ class Sent:
 
 
 def send(client: httpx.Client, request: httpx.Request, *, map_error: ErrorMapper, policy: RetryPolicy,
-         budget: Budget, governor: Governor | None = None) -> Sent:
-    """Send `request` under the policy. Returns the 2xx response or raises a typed ProviderError."""
+         budget: Budget, governor: Governor | None = None,
+         final: Callable[[httpx.Response], ProviderError | None] | None = None) -> Sent:
+    """Send `request` under the policy. Returns the 2xx response or raises a typed ProviderError.
+    `final` may claim a 429 or 503 the provider means as final (X's usage-capped 429, which no wait within
+    the rate-limit window cures): the error it returns is raised at once, never retried or parked."""
     attempts = 0
     backoff = policy.backoff()
 
@@ -123,6 +126,10 @@ def send(client: httpx.Client, request: httpx.Request, *, map_error: ErrorMapper
             if governor is not None:
                 governor.observe(info)
             return Sent(response, attempts, info)
+        claimed = final(response) if final is not None and response.status_code in RETRYABLE_STATUS else None
+        if claimed is not None:
+            claimed.requests = attempts
+            raise claimed
         if response.status_code in RETRYABLE_STATUS:
             code = "rate_limited" if response.status_code == 429 else "service_unavailable"
             hint = wait_hint(response.headers, time.time(), use_reset=response.status_code == 429)

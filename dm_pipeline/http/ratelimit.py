@@ -43,7 +43,7 @@ def wait_hint(headers: Mapping[str, str], now: float, *, use_reset: bool = True)
 class Governor:
     """Remembers the last rate-limit headers of one account (X shares one window across its DM routes) and
     any `Retry-After` it was given, and says how long to wait before the next request so that a sync
-    within budget gets zero 429s. Shared by every stream of the account (see accountstate.AccountGovernor
+    within budget gets zero 429s. Shared by every stream of the account (see db/account_state.AccountGovernor
     for the copy in Postgres that concurrent processes share)."""
 
     def __init__(self, reserve: int = 0) -> None:

@@ -1,4 +1,4 @@
-"""GetXAPI: `POST /twitter/dm/list` (seed 003). One stream per inbox tab (all, requests, hidden).
+"""GetXAPI: `POST /twitter/dm/list` (docs/architecture.md §11). One stream per inbox tab (all, requests, hidden).
 
 A page carries `messages` (the stream), plus `conversations`, `events` and `users`, all stored in the
 page's transaction. `edit_count` changes update the row in place (a sweep re-reads old pages).

@@ -1,12 +1,22 @@
-"""X API v2 Direct Messages lookup: `GET /2/dm_events` (seed 002, spec x-api-v2-dm-openapi.json).
+"""X API v2 Direct Messages lookup: `GET /2/dm_events` (docs/architecture.md §11; spec: tests/fixtures/).
 
 Endpoints, parameters, response parsing into `Page`, and the pure normalizer `normalize_event`.
+
+Field names drift: X's newer spec (2.167, the one xdk follows) spells `tweet.fields` as `post.fields` and the
+expansion `referenced_tweets.id` as `referenced_posts`, and drops `sender_id`, `participant_ids` and
+`referenced_tweets` from the `dm_event.fields` enum. The client asks in the 2.159 names (what the live API
+and every public report show); when X answers an invalid-request 400 naming one of its field parameters,
+it asks once more in the other spelling, and on success remembers that spelling for the account (the
+process-wide `SPELLINGS`). Either answer is normalized to 2.159's shape (`canonical_event`), so stored rows
+do not depend on the spelling — except that 2.167's `post.fields` cannot ask for a shared post's
+`author_id`. X's usage-capped 429 is final (`usage_capped`), never retried as a rate limit.
 """
 
 from __future__ import annotations
 
-import functools
+import logging
 import re
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -40,6 +50,21 @@ EXPANSIONS = "attachments.media_keys,participant_ids,referenced_tweets.id,sender
 MEDIA_FIELDS = "alt_text,duration_ms,height,media_key,preview_image_url,type,url,variants,width"
 USER_FIELDS = "created_at,id,name,profile_image_url,protected,username,verified"
 TWEET_FIELDS = "author_id,created_at,id,text"
+# The same selection in 2.167's names: the expansions still put sender_id, participant_ids and the referenced
+# posts' IDs into each event; 2.167's post.fields enum has no author_id.
+DM_EVENT_FIELDS_V2167 = "attachments,created_at,dm_conversation_id,entities,event_type,id,text"
+EXPANSIONS_V2167 = "attachments.media_keys,participant_ids,referenced_posts,sender_id"
+POST_FIELDS = "created_at,id,text"
+V2159, V2167 = "2.159", "2.167"
+FIELD_QUERIES: dict[str, dict[str, str]] = {
+    V2159: {"dm_event.fields": DM_EVENT_FIELDS, "expansions": EXPANSIONS, "media.fields": MEDIA_FIELDS,
+            "user.fields": USER_FIELDS, "tweet.fields": TWEET_FIELDS},
+    V2167: {"dm_event.fields": DM_EVENT_FIELDS_V2167, "expansions": EXPANSIONS_V2167, "media.fields": MEDIA_FIELDS,
+            "user.fields": USER_FIELDS, "post.fields": POST_FIELDS},
+}
+FIELD_PARAMS = frozenset(name for query in FIELD_QUERIES.values() for name in query)
+_ENTITY_KEYS = ("urls", "hashtags", "mentions", "cashtags")
+log = logging.getLogger(__name__)
 
 CONVERSATION_ID_RE = re.compile(r"^([0-9]{1,19}-[0-9]{1,19}|[0-9]{15,19})$")
 _NOT_SLUG = re.compile(r"[^a-z0-9]+")
@@ -108,6 +133,25 @@ def problem_slug(ptype: object) -> str:
     return slug[:MAX_CODE_LEN].rstrip("_")
 
 
+class FieldSpellingRejected(ProviderError):
+    """X's invalid-request 400 naming a field parameter (`parameters`): the spelling may have changed."""
+
+    def __init__(self, message: str, parameters: frozenset[str], **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.parameters = parameters
+
+
+def _named_parameters(body: dict[str, Any]) -> set[str]:
+    """The parameter names an invalid-request body's `errors[].parameters` name."""
+    errors = body.get("errors")
+    names: set[str] = set()
+    for e in errors if isinstance(errors, list) else ():
+        params = e.get("parameters") if isinstance(e, dict) else None
+        if isinstance(params, dict):
+            names.update(str(k) for k in params)
+    return names
+
+
 def map_error(response: httpx.Response) -> ProviderError:
     """A non-retryable X error to a typed error. Only the problem's fixed `type`/`title` are quoted:
     `detail` and bodies can echo request values, so they never reach a message."""
@@ -115,13 +159,28 @@ def map_error(response: httpx.Response) -> ProviderError:
     body = _problem(response)
     title = str(body.get("title") or "")[:80]
     slug = problem_slug(body.get("type"))
-    if status == 400 and any("pagination_token" in (e.get("parameters") or {}) for e in body.get("errors") or []
-                             if isinstance(e, dict)):
+    named = _named_parameters(body) if status == 400 else set()
+    if "pagination_token" in named:
         return InvalidCursor("X rejected the stored pagination_token", http_status=400)
+    if named & FIELD_PARAMS:
+        fields = frozenset(named & FIELD_PARAMS)
+        return FieldSpellingRejected(f"X API 400 {title or 'Invalid Request'}: {', '.join(sorted(fields))}",
+                                     fields, http_status=400, error_code=slug or "invalid_request")
     if status == 401:
         return AuthError(f"X API 401 {title or 'Unauthorized'}", http_status=401, error_code="unauthorized")
     code = slug or {400: "invalid_request", 403: "forbidden", 404: "not_found"}.get(status, f"http_{status}")
     return ProviderError(f"X API {status} {title}".strip(), http_status=status, error_code=code)
+
+
+def final_error(response: httpx.Response) -> ProviderError | None:
+    """A 429 that is no rate limit: X's usage-capped problem (the app's daily or monthly cap is spent; the
+    rate-limit headers beside it still show requests left). Waiting out the window does not cure it."""
+    if response.status_code != 429:
+        return None
+    body = _problem(response)
+    if problem_slug(body.get("type")) != "usage_capped":
+        return None
+    return ProviderError("X API 429 UsageCapExceeded", http_status=429, error_code="usage_capped")
 
 
 class IncludesIndex:
@@ -140,14 +199,42 @@ class IncludesIndex:
 
     def tweets(self) -> dict[Any, Any]:
         if self._tweets is None:
-            self._tweets = {t.get("id"): t for t in as_list(self._includes.get("tweets")) if isinstance(t, dict)}
+            posts = [canonical_post(p) for p in as_list(self._includes.get("posts")) if isinstance(p, dict)]
+            self._tweets = {t.get("id"): t for t in [*as_list(self._includes.get("tweets")), *posts]
+                            if isinstance(t, dict)}
         return self._tweets
+
+
+def canonical_post(post: dict[str, Any]) -> dict[str, Any]:
+    """A 2.167 Post as the 2.159 Tweet it was (`edit_history_post_ids` -> `edit_history_tweet_ids`)."""
+    if "edit_history_post_ids" not in post or "edit_history_tweet_ids" in post:
+        return post
+    return {("edit_history_tweet_ids" if k == "edit_history_post_ids" else k): v for k, v in post.items()}
+
+
+def canonical_event(event: dict[str, Any]) -> dict[str, Any]:
+    """A DmEvent in 2.159's shape: 2.167's `referenced_posts` as `referenced_tweets`, and its `entities`
+    object flattened into `urls` / `hashtags` / `mentions` / `cashtags`. A 2.159 event is returned as is."""
+    entities = event.get("entities")
+    if "referenced_posts" not in event and not isinstance(entities, dict):
+        return event
+    out: dict[str, Any] = {}
+    for key, value in event.items():
+        if key == "referenced_posts" and "referenced_tweets" not in event:
+            out["referenced_tweets"] = value
+        elif key == "entities" and isinstance(value, dict):
+            out.update({k: v for k, v in value.items() if k in _ENTITY_KEYS and k not in event and v is not None})
+        else:
+            out[key] = value
+    return out
 
 
 def normalize_event(event: dict[str, Any], includes: dict[str, Any] | IncludesIndex, account_user_id: str,
                     stream_key: str) -> EventRow:
     """Pure: one `DmEvent` plus the page's `includes` to one dm_history row. Raises BadEvent (the event is
-    quarantined) when it has no numeric `id`, no `event_type`, or a field of an unusable type."""
+    quarantined) when it has no numeric `id`, no `event_type`, or a field of an unusable type. A 2.167-shaped
+    event is stored in 2.159's shape (`canonical_event`)."""
+    event = canonical_event(event)
     raw, dirty = sanitize(event)
     flags = unstorable_flags(event) if dirty else set()
     message_id = id_field(raw, "id", flags, required=True)
@@ -230,13 +317,34 @@ def parse_page(body: Any, account_user_id: str, stream_key: str
     return events, (next_token if isinstance(next_token, str) and next_token else None), users, quarantined
 
 
+class SpellingMemory:
+    """The spelling of the field parameters X last accepted, per account (its base URL and key); 2.159 until
+    X refuses it. Thread-safe; `SPELLINGS` is the process's."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_account: dict[tuple[str, str], str] = {}
+
+    def get(self, account: Account) -> str:
+        with self._lock:
+            return self._by_account.get((account.base_url, account.key), V2159)
+
+    def remember(self, account: Account, spelling: str) -> None:
+        with self._lock:
+            self._by_account[(account.base_url, account.key)] = spelling
+
+
+SPELLINGS = SpellingMemory()
+
+
 class XClient:
     """Talks to one account's X API (or the simulator) with its OAuth 2.0 user token."""
 
     def __init__(self, account: Account, http: httpx.Client, token: Callable[[], str],
                  policy: RetryPolicy | None = None, governor: Governor | None = None,
                  known_conversations: Callable[[], list[str]] | None = None,
-                 refresh: Callable[[], str] | None = None, windows: Windows = Windows()) -> None:
+                 refresh: Callable[[], str] | None = None, windows: Windows = Windows(),
+                 spellings: SpellingMemory | None = None) -> None:
         validate_id(account.user_id, USER_ID_RE, "user_id")
         self.account = account
         self._http = http
@@ -246,6 +354,8 @@ class XClient:
         self.governor = governor or Governor()  # X shares one window across its three DM routes
         self._known_conversations = known_conversations
         self._windows = windows
+        self.spellings = spellings if spellings is not None else SPELLINGS
+        self._queries: dict[str, str] = {}
 
     def streams(self) -> Iterator[Stream]:
         """The inbox first; then listed participants and conversations, then (with `discover`) every
@@ -263,32 +373,32 @@ class XClient:
             if CONVERSATION_ID_RE.fullmatch(cid):
                 yield conversation_stream(cid, self._windows)
 
-    @functools.cached_property
-    def _fixed_query(self) -> str:
-        """The query parameters every request repeats, encoded once (httpx re-validates a query string
-        character by character each time it merges a params dict: ~15 % of the fetch's CPU)."""
-        return str(httpx.QueryParams({
-            "dm_event.fields": DM_EVENT_FIELDS, "expansions": EXPANSIONS, "media.fields": MEDIA_FIELDS,
-            "user.fields": USER_FIELDS, "tweet.fields": TWEET_FIELDS, "max_results": str(self.account.page_size),
-        }))
+    def _fixed_query(self, spelling: str) -> str:
+        """The query parameters every request repeats, encoded once per spelling (httpx re-validates a query
+        string character by character each time it merges a params dict: ~15 % of the fetch's CPU)."""
+        query = self._queries.get(spelling)
+        if query is None:
+            query = self._queries[spelling] = str(httpx.QueryParams({
+                **FIELD_QUERIES[spelling], "max_results": str(self.account.page_size)}))
+        return query
 
-    def _url(self, stream: Stream, cursor: str | None) -> str:
-        query = self._fixed_query
+    def _url(self, stream: Stream, cursor: str | None, spelling: str = V2159) -> str:
+        query = self._fixed_query(spelling)
         if cursor:
             query += "&" + str(httpx.QueryParams({"pagination_token": cursor}))
         return f"{self.account.base_url}{stream.path}?{query}"
 
-    def _send(self, stream: Stream, cursor: str | None, budget: Budget, token: str) -> Sent:
+    def _send(self, stream: Stream, cursor: str | None, budget: Budget, token: str, spelling: str = V2159) -> Sent:
         request = self._http.build_request(
-            "GET", self._url(stream, cursor),
+            "GET", self._url(stream, cursor, spelling),
             headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
         )
         return send(self._http, request, map_error=map_error, policy=self._policy, budget=budget,
-                    governor=self.governor)
+                    governor=self.governor, final=final_error)
 
-    def fetch_page(self, stream: Stream, cursor: str | None, budget: Budget) -> Page:
+    def _authorized(self, stream: Stream, cursor: str | None, budget: Budget, spelling: str) -> Sent:
         try:
-            sent = self._send(stream, cursor, budget, self._token())
+            return self._send(stream, cursor, budget, self._token(), spelling)
         except AuthError as exc:
             if self._refresh is None:
                 raise
@@ -297,8 +407,30 @@ class XClient:
             except ProviderError as failed:  # the refused, failed or unparseable refresh: count the 401 too
                 failed.requests += exc.requests
                 raise failed from None
-            sent = self._send(stream, cursor, budget, token)
-            sent = Sent(sent.response, sent.requests + exc.requests, sent.rate_limit)
+            sent = self._send(stream, cursor, budget, token, spelling)
+            return Sent(sent.response, sent.requests + exc.requests, sent.rate_limit)
+
+    def _spelled(self, stream: Stream, cursor: str | None, budget: Budget) -> Sent:
+        """The page in the account's spelling; on a 400 naming a field parameter, once more in the other
+        spelling, which is remembered for the account when X accepts it."""
+        spelling = self.spellings.get(self.account)
+        try:
+            return self._authorized(stream, cursor, budget, spelling)
+        except FieldSpellingRejected as refused:
+            other = V2167 if spelling == V2159 else V2159
+            try:
+                sent = self._authorized(stream, cursor, budget, other)
+            except ProviderError as failed:
+                failed.requests += refused.requests
+                raise
+            log.warning("X refused the %s field parameters (%s) of account %s; the %s spelling worked and is "
+                        "used from now on", spelling, ", ".join(sorted(refused.parameters)), self.account.key,
+                        other)
+            self.spellings.remember(self.account, other)
+            return Sent(sent.response, sent.requests + refused.requests, sent.rate_limit)
+
+    def fetch_page(self, stream: Stream, cursor: str | None, budget: Budget) -> Page:
+        sent = self._spelled(stream, cursor, budget)
         try:
             body = decode_json(sent.response.content)
         except ValueError:

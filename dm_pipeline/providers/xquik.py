@@ -1,4 +1,4 @@
-"""Xquik: `GET /x/dm/{userId}/history` (seeds 000, 001). One stream per conversation partner.
+"""Xquik: `GET /x/dm/{userId}/history` (docs/architecture.md §11). One stream per conversation partner.
 
 `account` is the connected account's handle; `userId` the partner's numeric ID (`GET /x/users/{id}`
 resolves a username). Pages: `messages`, `has_next_page`, `next_cursor` (opaque). Each history call costs

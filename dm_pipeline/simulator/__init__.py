@@ -10,8 +10,11 @@ X API v2 (base `sim.url`; modules `x_api`, `oauth`)
     `Authorization: Bearer <world.token_for(a)>` (never expires) or an OAuth token from
     `sim.oauth.issue(a)` (expires after 2 h of the Simulator's clock; refresh at POST /2/oauth2/token,
     form `grant_type=refresh_token&refresh_token=…&client_id=…`; refresh tokens rotate and are single-use).
-    Params per the OpenAPI spec (`max_results`, `pagination_token`, fields, expansions); cursor in
-    `meta.next_token`. Rate limit: `x-rate-limit-*` headers, one window per account for the three routes.
+    Or OAuth 1.0a user context: consumer `sim.x.oauth1.consumer_key` / `consumer_secret`, the account's
+    `sim.x.oauth1.credentials(a)`; the app-only `sim.x.oauth1.app_bearer_token` gets 403.
+    Params per the OpenAPI spec (`max_results`, `pagination_token`, fields, expansions), in 2.159's names or
+    2.167's (`sim.x.specs`); cursor in `meta.next_token`. Rate limit: `x-rate-limit-*` headers (the reset
+    rounded up), one window per account for the three routes.
 Xquik (base `sim.base_url("xquik")` = …/xquik/api/v1; module `xquik`)
     GET /x/dm/{user_id}/history?account=<world.xquik_handle(a)>[&cursor=…], GET /x/users/{id or username};
     header `x-api-key: <world.xquik_key()>`. Pages of `sim.xquik.page_size` (20) messages with

@@ -3,8 +3,10 @@
 GET    /_sim/health                      {"ok": true, "now"}
 GET    /_sim/prove?nonce=                {"proof", "seed", "service"}: proof that this is the dm_pipeline
                                          simulator of that seed (HMAC of the nonce, see `proof_for`)
-GET    /_sim/accounts                    accounts with X token, Xquik handle, GetXAPI auth_token/twid, both
-                                         API keys; and the three base URLs
+GET    /_sim/accounts                    accounts with X token and OAuth 1.0a token/secret, Xquik handle,
+                                         GetXAPI auth_token/twid, both API keys; X's consumer key/secret and
+                                         app-only bearer token; and the three base URLs
+GET|POST /_sim/x {specs?}                the X field spellings accepted, preferred first ("2.159", "2.167")
 GET    /_sim/conversations?user_id=      the account's conversations with members and GetXAPI tab
 GET    /_sim/truth?user_id=&route=&shape=&includes=   per-route truth (routes: see `world`; shape
                                          canonical|provider; includes=1 adds X includes, canonical only)
@@ -14,7 +16,8 @@ GET|POST|DELETE /_sim/faults             list / inject {user_id?, route, kind, c
 GET    /_sim/stats                       request counts per account and route, pending faults, credits
 POST   /_sim/rate_limit {limit?, window_s?, reset?}
 GET|POST /_sim/xquik {balance?, page_size?}                  Xquik credits and page size
-GET|POST /_sim/oauth {client_id?, client_secret?}            OAuth stats / client configuration
+GET|POST /_sim/oauth {client_id?, client_secret?, auto_approve?, login?, withhold_scopes?, redirect_uris?}
+                                         OAuth stats / client and consent-page configuration (`oauth`)
 POST   /_sim/oauth/issue {user_id}       a fresh access + refresh token pair
 POST   /_sim/oauth/expire {user_id}      expire the user's OAuth access tokens now
 """
@@ -92,10 +95,25 @@ def _clear_faults(sim: Simulator, _: Any, __: Any) -> Any:
 def _accounts(sim: Simulator, _: Any, __: Any) -> Any:
     w = sim.world
     keys = {"xquik_api_key": w.xquik_key(), "getxapi_api_key": w.getxapi_key()}
+    app = sim.x.oauth1
+    x_app = {"x_consumer_key": app.consumer_key, "x_consumer_secret": app.consumer_secret,
+             "x_app_bearer_token": app.app_bearer_token}
     return {"accounts": [{"user_id": a, "username": w.user(a).username, "token": w.token_for(a),
+                          "oauth1_token": app.credentials(a)[0], "oauth1_token_secret": app.credentials(a)[1],
                           "xquik_handle": w.xquik_handle(a), "getxapi_auth_token": w.getxapi_auth_token(a),
                           "getxapi_twid": f"u={a}", **keys} for a in w.accounts()],
-            **keys, "base_urls": {p: sim.base_url(p) for p in ("x", "xquik", "getxapi")}}
+            **keys, **x_app, "base_urls": {p: sim.base_url(p) for p in ("x", "xquik", "getxapi")}}
+
+
+def _x(sim: Simulator, _: Any, body: dict[str, Any]) -> Any:
+    if "specs" in body:
+        from dm_pipeline.simulator.x_api import SPECS
+
+        specs = tuple(str(s) for s in body["specs"])
+        if not specs or not set(specs) <= set(SPECS):
+            raise ValueError(f"specs must be a non-empty list of {sorted(SPECS)}")
+        sim.x.specs = specs
+    return {"specs": list(sim.x.specs)}
 
 
 def _conversations(sim: Simulator, query: dict[str, list[str]], _: Any) -> Any:
@@ -139,6 +157,17 @@ def _oauth(sim: Simulator, _: Any, body: dict[str, Any]) -> Any:
     for name in ("client_id", "client_secret"):
         if name in body:
             setattr(sim.oauth, name, None if body[name] is None else str(body[name]))
+    if "auto_approve" in body:
+        sim.oauth.auto_approve = bool(body["auto_approve"])
+    if "login" in body:
+        if body["login"] is not None and str(body["login"]) not in sim.world.accounts():
+            raise KeyError(f"{body['login']} is not an account")
+        sim.oauth.login = None if body["login"] is None else str(body["login"])
+    if "withhold_scopes" in body:
+        sim.oauth.withhold_scopes = frozenset(str(s) for s in body["withhold_scopes"] or ())
+    if "redirect_uris" in body:
+        uris = body["redirect_uris"]
+        sim.oauth.redirect_uris = None if uris is None else tuple(str(u) for u in uris)
     return sim.oauth.stats()
 
 
@@ -188,6 +217,8 @@ CONTROL: dict[tuple[str, str], ControlHandler] = {
     ("GET", "/_sim/conversations"): _conversations,
     ("POST", "/_sim/rate_limit"): _rate_limit,
     ("GET", "/_sim/xquik"): _xquik,
+    ("GET", "/_sim/x"): _x,
+    ("POST", "/_sim/x"): _x,
     ("POST", "/_sim/xquik"): _xquik,
     ("GET", "/_sim/oauth"): _oauth,
     ("POST", "/_sim/oauth"): _oauth,

@@ -11,7 +11,8 @@ matching request whose route honours that kind, `count` times. What a kind does 
 - `transport` the server misbehaves on the wire (`slow`: param `delay_s`, default 5; `drop`; `truncated`).
 
 Params every status kind takes: `retry_after` (a `Retry-After` header, seconds). X's `429` also takes
-`reset_in` (seconds until `x-rate-limit-reset`) and `rate_headers=False` (send no `x-rate-limit-*`).
+`reset_in` (seconds until `x-rate-limit-reset`) and `rate_headers=False` (send no `x-rate-limit-*`); X's
+`usage_capped` keeps the window's own rate-limit headers, as X does.
 Which route honours which kind is each provider module's `*_FAULTS`; injecting a kind a named route does
 not honour is an error.
 """
@@ -34,6 +35,8 @@ KINDS: dict[str, Phase] = {
     "503": "status",
     "500": "status",
     "403": "status",                  # X: client-forbidden problem
+    "unsupported_authentication": "status",  # X: 403 unsupported-authentication (an app-only token's answer)
+    "usage_capped": "status",         # X: 429 usage-capped (params `period`, `scope`): not a rate limit
     "401": "status",
     "expired_cursor": "status",       # 400: the provider's invalid-cursor error for the cursor sent
     "invalid_cursor": "status",       # the same (older name)

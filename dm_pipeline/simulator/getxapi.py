@@ -1,4 +1,4 @@
-"""GetXAPI `POST /twitter/dm/list` (seed 003), mounted at `/getxapi` (the real base is
+"""GetXAPI `POST /twitter/dm/list` (docs/architecture.md §11), mounted at `/getxapi` (the real base is
 https://api.getxapi.com). Route name `getxapi_list`.
 
 Auth: `Authorization: Bearer <world.getxapi_key()>`, else 401 `{"error":"Invalid API key"}`. The JSON body's
@@ -7,8 +7,10 @@ auth_token - could not extract userId"}`. `ct0` and `twid` are optional; one wit
 (the server resolves them). Both given with `twid` other than `u=<user_id>` (`u%3D…` accepted) fails "on
 the Twitter action": 401 `{"error":"Twitter rejected the supplied ct0/twid - send current cookies or omit
 them"}`. Other 400s: a body that is not a JSON object (`Invalid JSON body`), no `auth_token`
-(`auth_token is required`), a bad `tab` (the seed's exact message), `count` not an integer 1-100
+(`auth_token is required`), a bad `tab` (GetXAPI's documented message), `count` not an integer 1-100
 (`count must be an integer between 1 and 100`), a bad cursor (`Invalid cursor`; cursors are per tab).
+The served `next_cursor` is opaque (base32, bound to the account and tab); a numeric cursor, as in GetXAPI's
+documented example (`"1928684596763250690"`: a snowflake), is also accepted and means "older than that ID".
 
 A page holds the next `count` (default 50) messages of the tab, newest first across its conversations
 (tabs: see `world`). `events` holds the tab's non-message events whose IDs fall in the page's span
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -58,6 +61,7 @@ _MESSAGE_OPTIONAL = ("createdAt", "senderId", "media")
 _EVENT_TYPES = {PARTICIPANTS_JOIN: "participants_join", PARTICIPANTS_LEAVE: "participants_leave"}
 _GROUP_NAMES = ("Weekend plans 🏕️", None, "家族グループ", "Project Zeta", "فريق العمل", None)
 _REACTIONS = ("❤️", "😂", "👍", "😮", "😢", "🔥")
+_SNOWFLAKE = re.compile(r"[0-9]{1,19}")
 
 
 def error(status: int, message: str) -> Reply:
@@ -151,7 +155,9 @@ class GetXApi:
         stream = f"getxapi:{tab}"
         cursor = body.get("cursor")
         before: int | None = None
-        if cursor is not None and cursor != "":
+        if isinstance(cursor, str) and _SNOWFLAKE.fullmatch(cursor) and int(cursor) < 1 << 63:
+            before = int(cursor)                       # the documented numeric form: older than that ID
+        elif cursor is not None and cursor != "":
             decoded = self.cursors.decode(user, stream, cursor) if isinstance(cursor, str) else None
             if decoded is None or decoded[0] != "n":
                 return error(400, "Invalid cursor")

@@ -82,11 +82,13 @@ class RateLimiter:
             return True
 
     def headers(self, key: Any) -> dict[str, str]:
+        """X's headers. The reset is the epoch second the window has ended by (rounded up): a client that
+        waits until the advertised second is never refused for being a fraction of a second early."""
         with self._lock:
             start, used = self._window(key)
             return {"x-rate-limit-limit": str(self.limit),
                     "x-rate-limit-remaining": str(max(0, self.limit - int(used))),
-                    "x-rate-limit-reset": str(int(start + self.window_s))}
+                    "x-rate-limit-reset": str(math.ceil(start + self.window_s))}
 
     def retry_after(self, key: Any) -> int:
         """Whole seconds until the key's window ends (at least 1)."""

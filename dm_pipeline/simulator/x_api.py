@@ -7,6 +7,7 @@ Routes (names for faults and logs):
 - `dm_conversation_with`  GET /2/dm_conversations/with/{participant_id}/dm_events: the 1:1 with that user
 - `dm_conversation`       GET /2/dm_conversations/{id}/dm_events: any conversation the account is in
 - `oauth_token`           POST /2/oauth2/token (see `oauth`)
+- `oauth_authorize`, `oauth_consent`, `users_me`: the consent page and GET /2/users/me (see `consent`)
 
 The conversation routes take the same parameters as `/2/dm_events` and have no 30-day window. A bad path
 value is reported with the query errors in one 400 invalid-request ("The `id` query parameter value [..]
@@ -15,6 +16,23 @@ participant it has no 1:1 with (including itself and unknown users), is 403 with
 `not-authorized-for-resource` problem (`resource_type` "user": the spec's enum has no DM conversation).
 Cursors are bound to the account and the stream (route plus conversation), so a `/2/dm_events` cursor is
 rejected by a conversation route and vice versa. The three GET routes share one rate-limit window.
+
+Authentication (user context only, as the spec's `OAuth2UserToken` / `UserToken` schemes say): a bearer
+token (`world.token_for`, or an OAuth 2.0 token from `oauth`), or an OAuth 1.0a signature verified with the
+simulator's consumer secret (`oauth1`; `XApi.oauth1.credentials(user_id)`). The app-only bearer token
+(`XApi.oauth1.app_bearer_token`) gets X's 403 `unsupported-authentication` problem; anything else 401.
+
+Two spellings of the field parameters (`specs`, in order of preference; both by default):
+- 2.159 (the live API's, `x-api-v2-dm-openapi.json`): `tweet.fields`, expansion `referenced_tweets.id`,
+  `dm_event.fields` with `sender_id` / `participant_ids` / `referenced_tweets`; events carry
+  `referenced_tweets` and flattened entities (`urls`, `hashtags`, ...), includes `tweets`.
+- 2.167 (xdk's, `x-api-v2-dm-openapi-v2.167.json`): `post.fields`, expansion `referenced_posts`, the
+  smaller `dm_event.fields` enum; events carry `referenced_posts` and an `entities` object, includes
+  `posts` (`edit_history_post_ids`, `public_metrics.repost_count`), users' `public_metrics.post_count`.
+A request is answered in the first accepted spelling its parameters are valid under; valid under none, it
+gets the 400 of the first (so with `specs = ("2.167",)` — X dropped the old names — a 2.159 request gets
+"The query parameter [tweet.fields] is not one of [...]"). Error bodies keep the api.twitter.com problem
+URIs either way.
 """
 
 from __future__ import annotations
@@ -26,8 +44,10 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
+from dm_pipeline.simulator.consent import consent_routes
 from dm_pipeline.simulator.faults import COMMON, PAGING, Ctx, Fault, Reply, Route
 from dm_pipeline.simulator.oauth import UNAUTHORIZED_CLIENT, OAuthServer
+from dm_pipeline.simulator.oauth1 import OAuth1Verifier
 from dm_pipeline.simulator.paging import CursorCodec, bend, bend_items
 from dm_pipeline.simulator.world import EVENT_TYPES, MESSAGE_CREATE, SimEvent, World
 
@@ -58,17 +78,47 @@ LIST_PARAMS: dict[str, tuple[str, ...]] = {
 DM_EVENTS_PARAMS = ("dm_event.fields", "event_types", "expansions", "max_results", "media.fields",
                     "pagination_token", "tweet.fields", "user.fields")
 
+# The same parameters as spec 2.167 (xdk's) spells them (the OpenAPI test checks they match that spec too).
+V2159, V2167 = "2.159", "2.167"
+DM_EVENT_FIELDS_V2167 = ("attachments", "created_at", "dm_conversation_id", "entities", "event_type", "id", "text")
+EXPANSIONS_V2167 = ("attachments.media_keys", "participant_ids", "referenced_posts", "sender_id")
+USER_FIELDS_V2167 = ("confirmed_email", "connection_status", "created_at", "description", "entities", "id",
+                     "is_identity_verified", "location", "name", "parody", "profile_banner_url", "profile_image_url",
+                     "protected", "public_metrics", "receives_your_dm", "subscribes_to_you", "subscription",
+                     "subscription_type", "url", "username", "verified", "verified_followers_count", "verified_type",
+                     "withheld")
+POST_FIELDS = ("article", "article_title", "attachments", "card_uri", "community_id", "context_annotations",
+               "conversation_id", "created_at", "display_text_range", "edit_controls", "entities", "geo", "id", "lang",
+               "matched_media_notes", "media_metadata", "non_public_metrics", "note_post", "note_request_suggestions",
+               "organic_metrics", "paid_partnership", "possibly_sensitive", "promoted_metrics", "public_metrics",
+               "reply_settings", "scopes", "source", "suggested_source_links", "suggested_source_links_with_counts",
+               "text", "withheld")
+LIST_PARAMS_V2167: dict[str, tuple[str, ...]] = {
+    "event_types": EVENT_TYPES, "dm_event.fields": DM_EVENT_FIELDS_V2167, "expansions": EXPANSIONS_V2167,
+    "media.fields": MEDIA_FIELDS, "user.fields": USER_FIELDS_V2167, "post.fields": POST_FIELDS,
+}
+DM_EVENTS_PARAMS_V2167 = ("dm_event.fields", "event_types", "expansions", "max_results", "media.fields",
+                          "pagination_token", "post.fields", "user.fields")
+# spec -> (the parameters it takes, the enums of its list parameters)
+SPECS: dict[str, tuple[tuple[str, ...], dict[str, tuple[str, ...]]]] = {
+    V2159: (DM_EVENTS_PARAMS, LIST_PARAMS), V2167: (DM_EVENTS_PARAMS_V2167, LIST_PARAMS_V2167),
+}
+
 # A field name maps to the keys it selects in the world's event dict; `entities` is flattened in DmEvent.
 _FIELD_KEYS: dict[str, tuple[str, ...]] = {"entities": ("urls", "hashtags", "mentions", "cashtags")}
 # Requesting an expansion puts the ID field it expands into the event, as X does.
 _EXPANSION_FIELD = {"attachments.media_keys": "attachments", "participant_ids": "participant_ids",
-                    "referenced_tweets.id": "referenced_tweets", "sender_id": "sender_id"}
+                    "referenced_tweets.id": "referenced_tweets", "sender_id": "sender_id",
+                    "referenced_posts": "referenced_tweets"}
+# 2.167 names of what the world keys in 2.159 names: expansions (for `includes_for`).
+_EXPANSION_V2159 = {"referenced_posts": "referenced_tweets.id"}
+_ENTITY_KEYS = ("urls", "hashtags", "mentions", "cashtags")
 _DEFAULT_FIELDS = {MESSAGE_CREATE: ("id", "event_type", "text")}
 _DEFAULT_OTHER = ("id", "event_type", "participant_ids")
 USER_ID_PATTERN = "^[0-9]{1,19}$"
 CONVERSATION_ID_PATTERN = "^([0-9]{1,19}-[0-9]{1,19}|[0-9]{15,19})$"
 NOT_AUTHORIZED = "https://api.twitter.com/2/problems/not-authorized-for-resource"
-X_FAULTS = COMMON | PAGING | {"403", "dm_not_permitted"}
+X_FAULTS = COMMON | PAGING | {"403", "dm_not_permitted", "unsupported_authentication", "usage_capped"}
 OAUTH_FAULTS = COMMON
 _OPTIONAL = ("created_at", "sender_id", "attachments")      # what `missing_optional` leaves out
 _INT = re.compile(r"-?[0-9]+")
@@ -107,6 +157,25 @@ CLIENT_FORBIDDEN = {
     "reason": "client-not-enrolled",
     "type": "https://api.twitter.com/2/problems/client-forbidden",
 }
+# An app-only bearer token on a user-context route: X's 403 problem.
+UNSUPPORTED_AUTHENTICATION = {
+    "title": "Unsupported Authentication",
+    "detail": "Authenticating with OAuth 2.0 Application-Only is forbidden for this endpoint. Supported "
+              "authentication types are [OAuth 1.0a User Context, OAuth 2.0 User Context].",
+    "type": "https://api.twitter.com/2/problems/unsupported-authentication",
+    "status": 403,
+}
+
+
+def usage_capped(params: Mapping[str, Any]) -> Reply:
+    """429 when the app's usage cap is spent (xdevplatform/xdk#25): no `status` field, and the rate-limit
+    headers still show the window's own remaining requests. Params `period` (Daily|Monthly), `scope`
+    (Account|Product)."""
+    period, scope = str(params.get("period", "Monthly")), str(params.get("scope", "Product"))
+    return Reply(429, {"account_id": "1480571917493288962", "product_name": "standard-basic",
+                       "title": "UsageCapExceeded", "period": period, "scope": scope,
+                       "detail": f"Usage cap exceeded: {period} {scope.lower()} cap",
+                       "type": "https://api.twitter.com/2/problems/usage-capped"}, content_type=PROBLEM)
 
 
 def not_participant(parameter: str, value: str, detail: str) -> Reply:
@@ -128,6 +197,7 @@ class _Query:
     boundary: int | None
     event_types: tuple[str, ...] | None
     lists: dict[str, tuple[str, ...]]
+    spec: str = V2159            # the spelling the request used: the answer's shape
 
 
 class XApi:
@@ -141,6 +211,8 @@ class XApi:
         self.world = world
         self.oauth = oauth
         self.cursors = CursorCodec(world.cursor_secret)
+        self.oauth1 = OAuth1Verifier(world.seed, world.accounts())
+        self.specs: tuple[str, ...] = (V2159, V2167)     # accepted spellings, preferred first (settable)
         self.routes: Mapping[tuple[str, str], Route] = {
             ("GET", r"/2/dm_events"): Route("dm_events", lambda ctx: dm_events(self, ctx), X_FAULTS),
             ("GET", r"/2/dm_conversations/with/(?P<participant_id>[^/]*)/dm_events"):
@@ -148,20 +220,29 @@ class XApi:
             ("GET", r"/2/dm_conversations/(?P<id>[^/]*)/dm_events"):
                 Route("dm_conversation", lambda ctx: dm_conversation(self, ctx), X_FAULTS),
             ("POST", r"/2/oauth2/token"): Route("oauth_token", oauth.token_endpoint, OAUTH_FAULTS, limited=False),
+            **consent_routes(self),
         }
 
     # --- provider hooks used by the server ----------------------------------------------------
     def identify(self, ctx: Ctx) -> bool:
-        if ctx.route == "oauth_token":           # the endpoint authenticates the client itself
+        if ctx.route.startswith("oauth_"):       # the token endpoint and the consent page: no bearer token
             ctx.user_id = self.oauth.peek(ctx)
             return True
         scheme, _, token = (ctx.headers.get("authorization") or "").partition(" ")
         token = token.strip()
         if scheme.lower() == "bearer" and token:
             ctx.user_id = self.world.account_for_token(token) or self.oauth.account_for(token)
+        elif scheme.lower() == "oauth":
+            ctx.user_id = self.oauth1.verify(ctx.method, ctx.path, ctx.query, ctx.headers, ctx.body)
         return ctx.user_id is not None
 
+    def app_only(self, ctx: Ctx) -> bool:
+        scheme, _, token = (ctx.headers.get("authorization") or "").partition(" ")
+        return scheme.lower() == "bearer" and token.strip() == self.oauth1.app_bearer_token
+
     def unauthorized(self, ctx: Ctx) -> Reply:
+        if self.app_only(ctx):
+            return Reply(403, dict(UNSUPPORTED_AUTHENTICATION), content_type=PROBLEM)
         return Reply(401, dict(UNAUTHORIZED), content_type=PROBLEM)
 
     def rate_limited(self, ctx: Ctx) -> Reply:
@@ -187,6 +268,10 @@ class XApi:
             return self.unauthorized(ctx)
         if kind == "403":
             return Reply(403, dict(CLIENT_FORBIDDEN), content_type=PROBLEM)
+        if kind == "unsupported_authentication":
+            return Reply(403, dict(UNSUPPORTED_AUTHENTICATION), content_type=PROBLEM)
+        if kind == "usage_capped":
+            return usage_capped(fault.params)
         if kind == "dm_not_permitted":
             name, value = next(iter(ctx.path_params.items()), ("id", ctx.user_id or ""))
             return not_participant(name, value, f"Sorry, you are not authorized to see the DM conversation "
@@ -196,12 +281,25 @@ class XApi:
         raise ValueError(f"X has no status reply for fault {kind!r}")
 
 
-def parse_dm_events_query(api: XApi, ctx: Ctx, allowed: tuple[str, ...], stream: str,
+def parse_dm_events_query(api: XApi, ctx: Ctx, stream: str,
                           errors: list[tuple[str, str, str]] | None = None) -> _Query | Reply:
-    """Validate every parameter as the OpenAPI spec declares it; X reports all problems at once
-    (`errors`: path-value problems found by the caller)."""
+    """Validate every parameter as the OpenAPI spec declares it, under each spelling the simulator accepts
+    (`api.specs`, preferred first): the first the request is valid under wins; valid under none, the first
+    one's 400. X reports all problems at once (`errors`: path-value problems found by the caller)."""
+    first: Reply | None = None
+    for spec in api.specs:
+        parsed = _parse_under(api, ctx, spec, stream, errors)
+        if isinstance(parsed, _Query):
+            return parsed
+        first = first or parsed
+    return first or invalid_request(list(errors or []))
+
+
+def _parse_under(api: XApi, ctx: Ctx, spec: str, stream: str,
+                 path_errors: list[tuple[str, str, str]] | None) -> _Query | Reply:
     assert ctx.user_id is not None
-    errors = list(errors or [])
+    allowed, list_params = SPECS[spec]
+    errors = list(path_errors or [])
     for name, values in ctx.query.items():
         if name not in allowed:
             errors.append((name, values[0], f"The query parameter [{name}] is not one of [{','.join(allowed)}]"))
@@ -228,7 +326,7 @@ def parse_dm_events_query(api: XApi, ctx: Ctx, allowed: tuple[str, ...], stream:
         else:
             direction, boundary = decoded
     lists: dict[str, tuple[str, ...]] = {}
-    for name, enum in LIST_PARAMS.items():
+    for name, enum in list_params.items():
         raw = ctx.param(name)
         if raw is None or name not in allowed:
             continue
@@ -243,7 +341,7 @@ def parse_dm_events_query(api: XApi, ctx: Ctx, allowed: tuple[str, ...], stream:
             lists[name] = items
     if errors:
         return invalid_request(errors)
-    return _Query(limit, direction, boundary, lists.get("event_types"), lists)
+    return _Query(limit, direction, boundary, lists.get("event_types"), lists, spec)
 
 
 @functools.lru_cache(maxsize=256)
@@ -273,6 +371,42 @@ def _select(obj: dict[str, Any], always: tuple[str, ...], requested: tuple[str, 
     return {k: v for k, v in obj.items() if k in keys}
 
 
+def as_v2167(event: dict[str, Any]) -> dict[str, Any]:
+    """A DmEvent in 2.159's shape (`world.truth`, `render_event`) as spec 2.167 shapes it: `referenced_posts`
+    for `referenced_tweets`, the flattened entity lists in one `entities` object."""
+    out: dict[str, Any] = {}
+    entities: dict[str, Any] = {}
+    for key, value in event.items():
+        if key in _ENTITY_KEYS:
+            entities[key] = value
+        else:
+            out["referenced_posts" if key == "referenced_tweets" else key] = value
+    if entities:
+        out["entities"] = entities
+    return out
+
+
+_POST_KEYS = {"edit_history_tweet_ids": "edit_history_post_ids", "referenced_tweets": "referenced_posts",
+              "note_tweet": "note_post"}
+
+
+def as_post(tweet: dict[str, Any]) -> dict[str, Any]:
+    """A Tweet object (2.159) as a 2.167 Post (`public_metrics.retweet_count` is `repost_count` there)."""
+    post = {_POST_KEYS.get(k, k): v for k, v in tweet.items()}
+    if isinstance(post.get("public_metrics"), dict):
+        post["public_metrics"] = {("repost_count" if k == "retweet_count" else k): v
+                                  for k, v in post["public_metrics"].items()}
+    return post
+
+
+def as_user_v2167(user: dict[str, Any]) -> dict[str, Any]:
+    """A User object (2.159) as 2.167 shapes it (`public_metrics.tweet_count` is `post_count`)."""
+    if not isinstance(user.get("public_metrics"), dict):
+        return user
+    metrics = {("post_count" if k == "tweet_count" else k): v for k, v in user["public_metrics"].items()}
+    return {**user, "public_metrics": metrics}
+
+
 def page_payload(api: XApi, ctx: Ctx, q: _Query, stream: str) -> dict[str, Any]:
     """The 200 body for one page of a stream: data, includes and meta, bent by a mutate fault."""
     user = ctx.user_id
@@ -292,17 +426,23 @@ def page_payload(api: XApi, ctx: Ctx, q: _Query, stream: str) -> dict[str, Any]:
     expansions = q.lists.get("expansions", ())
     fields = frozenset(q.lists.get("dm_event.fields", ())) | {_EXPANSION_FIELD[e] for e in expansions}
     data = [render_event(e, fields) for e in events]
+    if q.spec == V2167:
+        data = [as_v2167(e) for e in data]
     bend_items(ctx.fault, data, "text", _OPTIONAL)
     body: dict[str, Any] = {"data": data}
-    inc = world.includes_for(events, expansions)
+    inc = world.includes_for(events, [_EXPANSION_V2159.get(e, e) for e in expansions])
     includes: dict[str, Any] = {}
     if "media" in inc:
         includes["media"] = [_select(m.as_dict(), ("media_key", "type"), q.lists.get("media.fields", ()))
                              for m in inc["media"]]
     if "users" in inc:
-        includes["users"] = [_select(u.as_dict(), ("id", "name", "username"), q.lists.get("user.fields", ()))
+        shaped = as_user_v2167 if q.spec == V2167 else dict
+        includes["users"] = [_select(shaped(u.as_dict()), ("id", "name", "username"), q.lists.get("user.fields", ()))
                              for u in inc["users"]]
-    if "tweets" in inc:
+    if "tweets" in inc and q.spec == V2167:
+        includes["posts"] = [_select(as_post(t.as_dict()), ("id", "text", "edit_history_post_ids"),
+                                     q.lists.get("post.fields", ())) for t in inc["tweets"]]
+    elif "tweets" in inc:
         includes["tweets"] = [_select(t.as_dict(), ("id", "text", "edit_history_tweet_ids"),
                                       q.lists.get("tweet.fields", ())) for t in inc["tweets"]]
     if includes:
@@ -318,7 +458,7 @@ def page_payload(api: XApi, ctx: Ctx, q: _Query, stream: str) -> dict[str, Any]:
 
 def dm_events(api: XApi, ctx: Ctx) -> Reply:
     """GET /2/dm_events: the account's events across all conversations, last 30 days, newest first."""
-    q = parse_dm_events_query(api, ctx, DM_EVENTS_PARAMS, "dm_events")
+    q = parse_dm_events_query(api, ctx, "dm_events")
     if isinstance(q, Reply):
         return q
     return Reply(200, page_payload(api, ctx, q, "dm_events"))
@@ -330,7 +470,7 @@ def dm_conversation_with(api: XApi, ctx: Ctx) -> Reply:
     pid = unquote(ctx.path_params["participant_id"])
     bad = [] if _USER_ID.fullmatch(pid) else [path_error("participant_id", pid, USER_ID_PATTERN)]
     stream = f"dm_conversation_with:{pid}"
-    q = parse_dm_events_query(api, ctx, DM_EVENTS_PARAMS, stream, bad)
+    q = parse_dm_events_query(api, ctx, stream, bad)
     if isinstance(q, Reply):
         return q
     if api.world.one_to_one(ctx.user_id, pid) is None:
@@ -345,7 +485,7 @@ def dm_conversation(api: XApi, ctx: Ctx) -> Reply:
     cid = unquote(ctx.path_params["id"])
     bad = [] if _CONVERSATION_ID.fullmatch(cid) else [path_error("id", cid, CONVERSATION_ID_PATTERN)]
     stream = f"dm_conversation:{cid}"
-    q = parse_dm_events_query(api, ctx, DM_EVENTS_PARAMS, stream, bad)
+    q = parse_dm_events_query(api, ctx, stream, bad)
     if isinstance(q, Reply):
         return q
     if not api.world.can_read(ctx.user_id, cid):

@@ -1,4 +1,4 @@
-"""Xquik (seeds 000, 001), mounted at `/xquik/api/v1` (the real base is https://xquik.com/api/v1).
+"""Xquik (docs/architecture.md §11), mounted at `/xquik/api/v1` (the real base is https://xquik.com/api/v1).
 
 Auth: header `x-api-key: <world.xquik_key()>`; missing or wrong → 401 `{"error":"unauthenticated"}`.
 
@@ -8,10 +8,12 @@ Routes (names for faults and logs):
   connected account (`account`: its username, case-insensitive, `@` tolerated, or its numeric ID) and
   `userId`; MessageCreate only, newest first, `page_size` messages a page (default 20: Xquik has no size
   parameter). `{"messages":[{"id","text","senderId","receiverId","createdAt","mediaUrl"?}],
-  "has_next_page", "next_cursor"?}`; `next_cursor` only when `has_next_page`. `createdAt` is ISO 8601 UTC
-  with milliseconds and `Z`. `mediaUrl`: the photo URL, or a video/GIF's MP4 variant. Cursors are opaque
-  and stable under new messages (see `paging`). Legacy `maxId=<id>` gives messages with id < maxId; a
-  `cursor` wins over it. Unknown parameters are ignored.
+  "has_next_page", "next_cursor"}`; `next_cursor` is `""` on the last page (the official SDK types it as a
+  required string). `createdAt` is ISO 8601 UTC with milliseconds and `Z`. `mediaUrl`: the photo URL, or a
+  video/GIF's MP4 variant. Cursors are opaque and stable under new messages (see `paging`); the cursor is
+  read from `cursor`, else from the aliases the SDK documents, in this order: `next_cursor`, `next_token`,
+  `pagination_token`, `continuation_token`. Legacy `maxId=<id>` gives messages with id < maxId; a cursor
+  wins over it. An empty cursor is no cursor. Unknown parameters are ignored.
   Checks in order: 401 → 400 account_required (missing/empty `account`) → 400 invalid_input (userId not
   numeric) → 404 account_not_found (no connected account by that handle/ID) → 403 dm_not_permitted (no
   1:1 between them, e.g. userId is the account itself or a stranger) → 400 invalid_input (bad cursor or
@@ -62,6 +64,7 @@ USER_FAULTS = COMMON | {"missing_optional", *BILLING}
 _OPTIONAL = ("createdAt", "senderId", "mediaUrl")
 _PROFILE = ("canDm", "description", "location", "followers", "following", "verified", "profilePicture",
             "createdAt")
+CURSOR_PARAMS = ("cursor", "next_cursor", "next_token", "pagination_token", "continuation_token")
 _NUMERIC = re.compile(r"[0-9]{1,19}")
 _HANDLE = re.compile(r"@?[A-Za-z0-9_]{1,15}")
 
@@ -151,7 +154,8 @@ class XquikApi:
         if self.world.one_to_one(user, peer) is None:
             return Reply(403, dict(DM_NOT_PERMITTED))
         stream = f"xquik:{peer}"
-        cursor, max_id = ctx.param("cursor"), ctx.param("maxId")
+        cursor = next((c for c in map(ctx.param, CURSOR_PARAMS) if c), None)
+        max_id = ctx.param("maxId")
         before: int | None = None
         if cursor:
             decoded = self.cursors.decode(user, stream, cursor)
@@ -171,10 +175,8 @@ class XquikApi:
             return error(402, "no_credits")
         messages = [self.render(e) for e in events]
         bend_items(ctx.fault, messages, "text", _OPTIONAL)
-        body: dict[str, Any] = {"messages": messages, "has_next_page": next_cursor is not None}
-        if next_cursor is not None:
-            body["next_cursor"] = next_cursor
-        return Reply(200, body)
+        return Reply(200, {"messages": messages, "has_next_page": next_cursor is not None,
+                           "next_cursor": next_cursor or ""})
 
     def render(self, ev: SimEvent) -> dict[str, Any]:
         members = self.world.conversation(ev.dm_conversation_id).members

@@ -1,4 +1,4 @@
-"""Initial schema: private history, sync state, OAuth tokens, redacted audit (ARCHITECTURE.md §3).
+"""Initial schema: private history, sync state, OAuth tokens, redacted audit (docs/architecture.md §6).
 
 Revision ID: 0001
 Revises:

@@ -1,6 +1,6 @@
 """Analytics views without text, the indexes that serve them, the erasure log, and Postgres roles.
 
-Privacy model (ARCHITECTURE.md §3): message text lives only in `dm_private`. Analysts (`dm_analyst`) get
+Privacy model (docs/architecture.md §6): message text lives only in `dm_private`. Analysts (`dm_analyst`) get
 `dm_audit` and `dm_analytics` and nothing else. The views are ordinary (not `security_invoker`) views, so
 they run with their owner's privileges: an analyst reads them without any right on `dm_private`, and only
 the columns a view selects ever leave it. That is the point of the views; none of them selects `text`,

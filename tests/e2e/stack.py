@@ -177,7 +177,7 @@ def truth_routes(world: Any, account: Account) -> list[str]:
 @contextlib.contextmanager
 def fresh_dagster_database(server: URL) -> Iterator[str]:
     """Dagster's instance storage: a fresh database of its own on `server`, with the psycopg2 driver
-    (dagster-postgres breaks on psycopg 3 with SQLAlchemy 2.1, see ENVIRONMENT-NOTES). Dropped after."""
+    (dagster-postgres breaks on psycopg 3 with SQLAlchemy 2.1, docs/architecture.md §13). Dropped after."""
     name = f"dagster_e2e_{uuid.uuid4().hex[:10]}"
     url = ensure_database(server, name)
     try:
@@ -257,6 +257,7 @@ class DagsterStack:
     port: int = 0
     workspace: Path = PROJECT_ROOT / "workspace.yaml"
     services: list[Service] = field(default_factory=list)
+    unset: Sequence[str] = ()   # variables of this process the services must not inherit (e.g. credentials)
 
     @property
     def url(self) -> str:
@@ -266,7 +267,8 @@ class DagsterStack:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_dir / f"{name}.log"
         with log.open("wb") as out:
-            proc = subprocess.Popen(argv, cwd=PROJECT_ROOT, env={**os.environ, **self.env, "PYTHONUNBUFFERED": "1"},
+            env = {k: v for k, v in {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}.items() if k not in self.unset}
+            proc = subprocess.Popen(argv, cwd=PROJECT_ROOT, env=env,
                                     stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                     start_new_session=True)  # own process group: SIGTERM reaches all of it
         service = Service(name, proc, log)
@@ -364,6 +366,20 @@ class DagsterStack:
 
         return dict(wait_for(f"backfill {backfill_id} to finish", done, deadline_s, every_s=1.0,
                              diagnose=lambda: f"{self.backfill(backfill_id)}\n{self.diagnose()}"))
+
+
+@dataclass
+class DevStack(DagsterStack):
+    """`dm-pipeline dev`, which `make dev` execs: `dagster dev` (webserver and daemon) on the environment that
+    command prepares, the simulator and its credentials included. Stopped by SIGTERM to its process group,
+    which `dm-pipeline dev` passes on to dagster dev's."""
+
+    def start(self, ready_deadline_s: float = 180.0) -> DevStack:
+        self.port = self.port or free_port()
+        self._spawn("dev", [str(BIN / "dm-pipeline"), "dev", "-h", "127.0.0.1", "-p", str(self.port)])
+        wait_for("dagster dev to load the code location", self._location_loaded, ready_deadline_s,
+                 diagnose=self.diagnose)
+        return self
 
 
 def runs_bound(n_accounts: int, per_run: int) -> int:

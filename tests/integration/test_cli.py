@@ -62,13 +62,13 @@ def test_an_unreachable_database_is_explained(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- help, psql, the simulator
 
 COMMANDS = ["run", "sync", "status", "export", "erase", "accounts list", "accounts validate", "db url", "db env",
-            "db start", "db stop", "db status", "db upgrade", "db psql", "simulator serve"]
+            "db start", "db stop", "db status", "db upgrade", "db psql", "simulator serve", "dev"]
 
 
 def test_help_lists_every_command_and_each_has_an_example() -> None:
     top = cli("--help")
     assert top.returncode == 0
-    for name in ("run", "sync", "status", "export", "erase", "accounts", "db", "simulator"):
+    for name in ("run", "sync", "status", "export", "erase", "accounts", "db", "simulator", "dev"):
         assert re.search(rf"^  {name}\s", top.stdout, re.MULTILINE), name
     assert "make run" in top.stdout and "Exit codes" in top.stdout
     for command in COMMANDS:

@@ -103,10 +103,13 @@ def test_one_run_syncs_a_range_of_accounts_concurrently_and_checks_pass(engine, 
         assert result.success
         for account in accounts_file:
             assert_equals_truth(engine, account.key, sim.world.truth(account.user_id))
-        md = result.asset_materializations_for_node("dm_history_assets")[0].metadata
-        assert md["accounts"].value == len(keys)
+        mats = [m for m in result.asset_materializations_for_node("dm_history_assets")
+                if m.asset_key.to_user_string() == "dm_history"]
+        assert sorted(m.partition for m in mats) == sorted(keys)  # one per account, its own figures
+        assert all(m.metadata["account"].value == m.partition for m in mats)
         evaluations = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
-        assert evaluations == {"reconciliation": True, "freshness": True, "gap_suspected": True, "redaction": True}
+        assert evaluations == {"reconciliation": True, "freshness": True, "gap_suspected": True, "redaction": True,
+                               "sweep_freshness": True}
 
 
 def test_the_redaction_check_catches_a_text_in_the_audit(engine, db_url, sim, accounts_file) -> None:  # type: ignore[no-untyped-def]

@@ -1,5 +1,6 @@
-"""`dm-pipeline export`: the redacted JSON Lines handoff of seed 001 — one record per message, no text,
-a stable (created_at, integer message ID) order, streamed through a server-side cursor, written atomically."""
+"""`dm-pipeline export`: Xquik's redacted JSON Lines handoff (docs/architecture.md §11) — one record per
+message, no text, a stable (created_at, integer message ID) order, streamed through a server-side cursor,
+written atomically."""
 
 from __future__ import annotations
 

@@ -66,8 +66,9 @@ def test_a_wrong_key_names_the_account_and_the_fix(engine: Engine, tmp_path: Pat
     message = str(caught.value)
     assert "DM_PIPELINE_TOKEN_KEY does not decrypt the OAuth tokens stored for account 'x-ada'" in message
     assert "x-bob" not in message and "x-cy" not in message  # nothing stored, or no oauth: nothing to decrypt
-    assert "export the key they were written with" in message and "after a key rotation, the old key" in message
-    assert "DELETE FROM dm_private.oauth_tokens WHERE account_key = 'x-ada'" in message
+    assert "export the key they were written with" in message
+    assert "put the old key in DM_PIPELINE_TOKEN_KEYS_OLD" in message
+    assert "dm-pipeline oauth reset --account x-ada --yes, then dm-pipeline accounts connect x-ada" in message
     assert "export fresh tokens" in message and "DX_TOKEN_ADA" in message and "DX_REFRESH" in message
     assert "\n" not in message
     no_secret_in(message)
@@ -95,7 +96,7 @@ def test_every_account_the_key_does_not_decrypt_is_named(engine: Engine, tmp_pat
         check(engine, path, (), KEY_B)
     message = str(caught.value)
     assert "stored for accounts 'x-ada', 'x-bob'" in message
-    assert "DELETE FROM dm_private.oauth_tokens WHERE account_key IN ('x-ada', 'x-bob')" in message
+    assert "dm-pipeline oauth reset --account x-ada --account x-bob --yes" in message
     no_secret_in(message)
     store_tokens(engine, "x-cy", "DX_TOKEN_CY", KEY_B)  # a row of an account without `oauth`: never read
     check(engine, path, ("x-cy",), KEY_B)
@@ -113,6 +114,37 @@ def test_the_cli_stops_with_exit_2_before_anything_syncs(db_url: str, tmp_path: 
     proc = cli(command, "--account", "x-ada", env=env)
     line = one_clear_line(proc)
     assert "DM_PIPELINE_TOKEN_KEY does not decrypt the OAuth tokens stored for account 'x-ada'" in line
-    assert "DELETE FROM dm_private.oauth_tokens WHERE account_key = 'x-ada'" in line
+    assert "dm-pipeline oauth reset --account x-ada --yes" in line
     no_secret_in(proc.stdout + proc.stderr)
     assert audit_rows(db_url) == 0  # stopped in the preflight: no stream ran
+
+
+def test_an_old_key_in_keys_old_passes_until_rotate_key(engine: Engine, tmp_path: Path) -> None:
+    """After a key change (new key in DM_PIPELINE_TOKEN_KEY, the old one in DM_PIPELINE_TOKEN_KEYS_OLD) the
+    pairs written with the old key still pass; a malformed old key is named by position, never shown."""
+    path = accounts_yaml(tmp_path / "accounts.yaml")
+    store_tokens(engine, "x-ada", "DX_TOKEN_ADA", KEY_A)
+    settings = replace(load_settings(), accounts_file=path)
+    for old in (KEY_A, f"{Fernet.generate_key().decode()},{KEY_A}", f" {KEY_A} "):
+        env = {**SECRETS, "DM_PIPELINE_TOKEN_KEY": KEY_B, "DM_PIPELINE_TOKEN_KEYS_OLD": old}
+        preflight.select((), settings).check_environment(lookup=env.get,
+                                                         stored_oauth=preflight.stored_oauth_tokens(engine))
+    env = {**SECRETS, "DM_PIPELINE_TOKEN_KEY": KEY_B, "DM_PIPELINE_TOKEN_KEYS_OLD": f"{KEY_A},not-a-key"}
+    with pytest.raises(ConfigError, match="DM_PIPELINE_TOKEN_KEYS_OLD: item 2 is not a valid Fernet key") as caught:
+        preflight.select((), settings).check_environment(lookup=env.get,
+                                                         stored_oauth=preflight.stored_oauth_tokens(engine))
+    assert "not-a-key" not in str(caught.value)
+    no_secret_in(str(caught.value))
+
+
+def test_an_oauth_account_that_was_never_connected_is_named_with_the_fix(engine: Engine, tmp_path: Path) -> None:
+    """An `oauth` entry that names no token variable needs `accounts connect` before its first sync."""
+    path = tmp_path / "accounts.yaml"
+    path.write_text("accounts:\n" + x_entry(key="x-ada", extra="    oauth:\n      client_id_env: DX_CLIENT_ID\n")
+                    .replace("    token_env: DX_TOKEN_ADA\n", ""))
+    with pytest.raises(ConfigError) as caught:
+        check(engine, path, (), KEY_A)
+    assert "account 'x-ada' is not connected: no OAuth tokens are stored for it" in str(caught.value)
+    assert "Fix: dm-pipeline accounts connect x-ada" in str(caught.value)
+    store_tokens(engine, "x-ada", "DX_TOKEN_ADA", KEY_A)
+    check(engine, path, (), KEY_A)                         # connected: nothing else is needed

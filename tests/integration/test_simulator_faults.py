@@ -345,6 +345,7 @@ def test_faults_target_accounts_routes_and_kinds(sim: Simulator, world: World) -
     with pytest.raises(ValueError, match="does not honour"):
         sim.faults.inject(a, "dm_events", "no_credits")
     assert set(sim.route_faults) == {"dm_events", "dm_conversation_with", "dm_conversation", "oauth_token",
+                                     "oauth_authorize", "oauth_consent", "users_me",
                                      "xquik_history", "xquik_user", "getxapi_list"}
     assert set().union(*sim.route_faults.values()) == set(FAULT_KINDS)
     with httpx.Client(base_url=sim.url) as ctl:

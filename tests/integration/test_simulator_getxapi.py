@@ -1,5 +1,5 @@
 """GetXAPI over loopback HTTP: `POST /twitter/dm/list` under /getxapi — tabs partition the inbox, walks
-equal the truth (messages and events), the seed's shapes and errors, stable cursors, edits."""
+equal the truth (messages and events), GetXAPI's documented shapes and errors, stable cursors, edits."""
 
 from __future__ import annotations
 

@@ -138,8 +138,10 @@ def test_malformed_token_requests(sim: Simulator, world: World) -> None:
     cases = [
         (refresh(sim, rt, client_id=None), "Missing required parameter [client_id]."),
         (httpx.post(url, data={"refresh_token": rt, "client_id": "c"}), "Missing required parameter [grant_type]."),
-        (httpx.post(url, data={"grant_type": "authorization_code", "refresh_token": rt, "client_id": "c"}),
+        (httpx.post(url, data={"grant_type": "password", "refresh_token": rt, "client_id": "c"}),
          "Value passed for the grant type was invalid."),
+        (httpx.post(url, data={"grant_type": "authorization_code", "refresh_token": rt, "client_id": "c"}),
+         "Missing required parameter [code]."),                          # the code grant (test_simulator_consent)
         (httpx.post(url, data={"grant_type": "refresh_token", "client_id": "c"}),
          "Missing required parameter [refresh_token]."),
         (httpx.post(url, json={"grant_type": "refresh_token", "refresh_token": rt, "client_id": "c"}),

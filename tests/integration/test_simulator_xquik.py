@@ -51,7 +51,7 @@ def walk(c: httpx.Client, peer: str, account: str) -> tuple[list[dict[str, Any]]
         body = r.json()
         bodies.append(body)
         messages += body["messages"]
-        assert ("next_cursor" in body) == body["has_next_page"]
+        assert bool(body["next_cursor"]) == body["has_next_page"]     # "" on the last page, as the SDK types it
         if not body["has_next_page"]:
             return messages, bodies
         cursor = body["next_cursor"]

@@ -1,5 +1,5 @@
 """The sync engine against real Postgres and the simulator over loopback: backfill, incremental,
-retries and typed failures (ARCHITECTURE.md §2)."""
+retries and typed failures (docs/architecture.md §2)."""
 
 from __future__ import annotations
 

@@ -74,11 +74,14 @@ COMMON: dict[str, tuple[str, dict[str, Any], int]] = {
 }
 SPECIFIC: dict[str, dict[str, tuple[str, dict[str, Any], int]]] = {
     "x": {"401": ("failed:unauthorized", {}, 1), "403": ("failed:client_forbidden", {}, 1),
+          "unsupported_authentication": ("failed:unsupported_authentication", {}, 1),
+          "usage_capped": ("failed:usage_capped", {}, 1),
           "dm_not_permitted": ("failed:not_authorized_for_resource", {}, 1),
           "429_no_headers": ("ok", {"rate_headers": False}, 2), "window_gap": ("gap", {}, 0),
           "429_reset_beyond_budget": ("rate_limited", {"reset_in": 3600}, 1),
           "401_oauth_refresh": ("ok", {}, 1)},
     "x_conversation": {"401": ("failed:unauthorized", {}, 1), "403": ("failed:client_forbidden", {}, 1),
+                       "usage_capped": ("failed:usage_capped", {}, 1),
                        "429_no_headers": ("ok", {"rate_headers": False}, 2)},
     "xquik": {"401": ("failed:unauthenticated", {}, 1), "500": ("failed:internal_error", {}, 1),
               "no_credits": ("failed:no_credits", {}, 1),

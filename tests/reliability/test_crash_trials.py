@@ -4,7 +4,7 @@ with the world advancing between runs. After each kill the next run resumes; the
 simulator's truth exactly, with zero duplicates and an audit trail that accounts for every committed page.
 
 A trial counts as exact only if, besides that end state: the SIGKILL landed (exit status -SIGKILL; a kill
-that came too late is retried as a held one, which cannot miss); the killed run lost at most write-ahead + 1
+that came too late is retried as a held one, which cannot miss); the killed run lost at most 2 * write-ahead + 1
 answered pages; and the next run RESUMED — its first request carried the cursor the killed run committed
 last, and it made at most `P - committed + 1` requests, P being what an uninterrupted run from the same
 state makes (measured on a copy of the database before the kill; see test_crash_resume.py).
@@ -164,7 +164,7 @@ def test_crash_trials(engine, db_url, tmp_path) -> None:  # type: ignore[no-unty
             problems = []
             if kill.returncode != -signal.SIGKILL:
                 problems.append(f"the SIGKILL did not land (rc {kill.returncode})")
-            if kill.answered - state.committed > WRITE_AHEAD + 1:
+            if kill.answered - state.committed > 2 * WRITE_AHEAD + 1:
                 problems.append(f"{kill.answered - state.committed} answered pages lost (write-ahead {WRITE_AHEAD})")
             problems += resume_problems(engine, state, resumed, requests[0], uninterrupted)
             exact = (not problems and resumed.status is StreamStatus.SUCCEEDED and stored == truth
