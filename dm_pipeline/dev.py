@@ -41,7 +41,7 @@ class DevEnvironment:
     env: dict[str, str]                        # the Dagster variables exported (database URLs, DAGSTER_HOME, …)
     simulator_url: str | None = None           # where the simulator answers, when accounts point at it
     simulator_accounts: list[str] = field(default_factory=list)   # their keys
-    credentials: list[str] = field(default_factory=list)          # variables set for them (names)
+    credentials: list[str] = field(default_factory=list)          # their variables now holding its values
     warnings: list[str] = field(default_factory=list)             # e.g. a real account's token is not set
 
 
@@ -72,7 +72,7 @@ def dev_environment(settings: Settings | None = None) -> Iterator[DevEnvironment
             env=env,
             simulator_url=f"http://{SIM_HOST}:{settings.simulator_port}" if on_sim else None,
             simulator_accounts=[a.key for a in on_sim],
-            credentials=sorted(selection.simulator_credentials),
+            credentials=sorted(n for n, v in selection.simulator_credentials.items() if os.environ.get(n) == v),
             warnings=warnings)
 
 

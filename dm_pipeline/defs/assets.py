@@ -108,10 +108,11 @@ def add_partition_metadata(context: dg.AssetExecutionContext, asset_key: str,
     own figures. Dagster's API for it is `context.add_asset_metadata(md, asset_key=, partition_key=)`
     (MaterializeResult has no partition, and AssetMaterialization events yielded next to the outputs are
     extra events: dagster-io/dagster#29846). But each of those calls checks the key against storage: two
-    lookups plus a read of every dynamic partition, 2.9 s per 50-account run at 10,000 accounts (measured;
-    the rest of the run takes 2 s). The keys here are the run's own (context.partition_keys), already
-    resolved, so they go into the same per-partition accumulator add_asset_metadata fills, without the
-    lookups; if that internal is not there (another Dagster version), the public call does it."""
+    lookups plus a read of every dynamic partition: 2.9-4.1 s per 50-account run at 10,000 accounts, against
+    0.05 s this way (measured; a no-op run takes 2.3 s). The keys here are the run's own
+    (context.partition_keys), already resolved, so they go into the same per-partition accumulator
+    add_asset_metadata fills, without the lookups; if that internal is not there (another Dagster
+    version), the public call does it."""
     step: Any = getattr(context.op_execution_context, "_step_execution_context", None)
     accumulator: Any = getattr(step, "_metadata_accumulator", None)
     if not FAST_PARTITION_METADATA or step is None or not hasattr(accumulator, "with_additional_asset_metadata"):

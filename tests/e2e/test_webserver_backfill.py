@@ -32,7 +32,7 @@ from tests.integration.helpers import audit_inserted_total, truth_rows, warehous
 PER_RUN = 2
 N_ACCOUNTS = 5
 ASSETS = ["dm_history", "dm_sync_audit"]
-CHECKS = {"reconciliation", "freshness", "gap_suspected", "redaction"}
+CHECKS = {"reconciliation", "freshness", "gap_suspected", "sweep_freshness", "redaction"}
 
 
 @pytest.fixture

@@ -143,7 +143,7 @@ def _stream(results: list[StreamResult], key: str) -> StreamResult:
 CONTENT = ("conversation_id", "event_type", "sender_id", "recipient_id", "participant_ids", "created_at", "text",
            "media", "referenced_tweets", "reply_to_message_id", "edit_count", "raw", "sanitized", "flags")
 BOOKKEEPING = ("account_key", "message_id", "provider", "stream_key", "content_hash", "first_seen_run_id",
-               "last_changed_run_id", "first_seen_at", "last_changed_at")
+               "last_changed_run_id", "first_seen_at", "last_changed_at", "deleted_upstream_at")
 # What the simulator's `missing_optional` leaves out of every item of the bent page, per provider.
 REMOVED = {"x": sim_x._OPTIONAL, "x_conversation": sim_x._OPTIONAL, "xquik": sim_xquik._OPTIONAL,
            "getxapi": sim_getxapi._MESSAGE_OPTIONAL}
@@ -272,6 +272,8 @@ def compare(provider: str, stored: dict[str, dict[str, Any]], truth: Truth, uid:
             result.bookkeeping.append(f"{mid}: stream_key {row['stream_key']} does not serve it")
         if not {row["first_seen_run_id"], row["last_changed_run_id"]} <= run_ids:
             result.bookkeeping.append(f"{mid}: run ids not of this cell")
+        if row["deleted_upstream_at"] is not None:  # no cell deletes an event upstream
+            result.bookkeeping.append(f"{mid}: marked deleted upstream")
         if row["first_seen_at"] > row["last_changed_at"] or not re.fullmatch("[0-9a-f]{64}", row["content_hash"]):
             result.bookkeeping.append(f"{mid}: first_seen_at/last_changed_at/content_hash inconsistent")
         if mid not in clean:
