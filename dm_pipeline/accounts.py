@@ -41,6 +41,12 @@ _DURATION = re.compile(r"^\s*([0-9]+)\s*([smhd]?)\s*$", re.IGNORECASE)
 _UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
+def _seconds(v: Any) -> int:
+    """A duration (whole seconds, or a number with s, m, h or d) in seconds; -1 when it is not one."""
+    m = _DURATION.match(str(v)) if isinstance(v, (int, str)) and not isinstance(v, bool) else None
+    return int(m.group(1)) * _UNIT_S[m.group(2).lower()] if m else -1
+
+
 def _whole(value: Any) -> int | None:
     """An int (or a string of digits, as `${VAR}` yields); None for anything else (bools included)."""
     if isinstance(value, int) and not isinstance(value, bool):
@@ -118,8 +124,7 @@ class AccountEntry(BaseModel):
     @field_validator("max_poll_interval", mode="before")
     @classmethod
     def _duration(cls, v: Any) -> Any:
-        m = _DURATION.match(str(v)) if isinstance(v, (int, str)) and not isinstance(v, bool) else None
-        seconds = int(m.group(1)) * _UNIT_S[m.group(2).lower()] if m else -1
+        seconds = _seconds(v)
         if not 0 <= seconds <= MAX_POLL_INTERVAL_S:
             raise ValueError(f"`max_poll_interval` {str(v)[:60]!r} is not a duration from 0 to 7 days: whole "
                              "seconds, or a number with s, m, h or d (0 disables the backoff). Fix: e.g. "
@@ -131,8 +136,7 @@ class AccountEntry(BaseModel):
     def _sweep_interval(cls, v: Any) -> Any:
         if v is None:
             return None
-        m = _DURATION.match(str(v)) if isinstance(v, (int, str)) and not isinstance(v, bool) else None
-        seconds = int(m.group(1)) * _UNIT_S[m.group(2).lower()] if m else -1
+        seconds = _seconds(v)
         if not (seconds == 0 or 3600 <= seconds <= 365 * 86400):
             raise ValueError(f"`sweep_interval` {str(v)[:60]!r} is not 0 (no sweeps) or a duration from 1 hour to "
                              "365 days: whole seconds, or a number with s, m, h or d. Fix: e.g. `sweep_interval: "
