@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import httpx
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential_jitter
 
 from dm_pipeline.errors import ProviderError, RateLimited, TransientProviderError
 from dm_pipeline.http import bounds
@@ -140,9 +140,19 @@ def send(client: httpx.Client, request: httpx.Request, *, map_error: ErrorMapper
         error.requests = attempts
         raise error
 
-    retrying = Retrying(retry=retry_if_exception_type(TransientProviderError),
-                        stop=stop_after_attempt(policy.max_attempts), wait=wait, sleep=policy.sleep,
-                        reraise=True)
+    started = time.monotonic()
+
+    def stop(state: RetryCallState) -> bool:
+        # Transport failures stop retrying once they have taken a request deadline in all: a host that
+        # trickles each answer for most of the deadline and then drops it must not hold the stream for
+        # every attempt. Rate-limit waits are bounded by the budget instead (see `wait`).
+        exc = state.outcome.exception() if state.outcome else None
+        transport = isinstance(exc, TransientProviderError) and exc.error_code == "transport_error"
+        return state.attempt_number >= policy.max_attempts or (
+            transport and time.monotonic() - started >= policy.request_deadline_s)
+
+    retrying = Retrying(retry=retry_if_exception_type(TransientProviderError), stop=stop, wait=wait,
+                        sleep=policy.sleep, reraise=True)
     try:
         return retrying(attempt)
     except TransientProviderError as exc:

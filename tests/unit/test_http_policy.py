@@ -112,3 +112,20 @@ def test_governor_waits_for_the_window_instead_of_earning_a_429() -> None:
     assert waits == []
     call()
     assert len(waits) == 1 and 28 <= waits[0] <= 32
+
+
+def test_transport_failures_stop_retrying_after_a_request_deadline_in_all() -> None:
+    # A host that fails every attempt only after most of the deadline: retried while the deadline lasts,
+    # then the stream ends (the clock is the policy's own: a deadline of 0 has passed after one attempt).
+    client, seen = _client([httpx.ReadError("dropped")] * 4)
+    request = client.build_request("GET", "https://api.x.com/2/dm_events")
+    spent = RetryPolicy(sleep=lambda s: None, max_attempts=4, request_deadline_s=0.0)
+    with pytest.raises(TransientProviderError) as exc:
+        send(client, request, map_error=map_error, policy=spent, budget=Budget.of(60))
+    assert exc.value.error_code == "transport_error" and len(seen) == 1
+    client, seen = _client([httpx.ReadError("dropped")] * 4)
+    lasting = RetryPolicy(sleep=lambda s: None, max_attempts=4, request_deadline_s=3600.0)
+    with pytest.raises(TransientProviderError):
+        send(client, client.build_request("GET", "https://api.x.com/2/dm_events"), map_error=map_error,
+             policy=lasting, budget=Budget.of(60))
+    assert len(seen) == 4
