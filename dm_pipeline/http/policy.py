@@ -54,6 +54,7 @@ class RetryPolicy:
     max_backoff_s: float = 8.0
     max_hinted_wait_s: float = 900.0   # a provider-requested wait longer than this is never slept
     sleep: Callable[[float], None] = field(default=time.sleep)
+    clock: Callable[[], float] = field(default=time.monotonic)  # the request deadlines' clock
     # One request, connect to last byte (DM_PIPELINE_REQUEST_DEADLINE_S), and its largest body
     # (DM_PIPELINE_MAX_BODY_MB): a real page is well under 1 MB.
     request_deadline_s: float = field(default_factory=lambda: _settings().request_deadline_s)
@@ -103,7 +104,7 @@ def send(client: httpx.Client, request: httpx.Request, *, map_error: ErrorMapper
                                       requests=attempts)
                 policy.sleep(pause)
         attempts += 1
-        until = time.monotonic() + policy.request_deadline_s
+        until = policy.clock() + policy.request_deadline_s
         try:
             with bounds.deadline(policy.request_deadline_s):
                 response = client.send(request, stream=True)
@@ -114,7 +115,7 @@ def send(client: httpx.Client, request: httpx.Request, *, map_error: ErrorMapper
         except bounds.BodyTooLarge as exc:
             raise ProviderError(str(exc), error_code="response_too_large", requests=attempts) from None
         except httpx.TransportError as exc:
-            if time.monotonic() >= until:
+            if policy.clock() >= until:
                 # Not retried: a host that trickles its answer would hold the stream for every attempt.
                 raise ProviderError(f"{request.url.host} did not answer completely within "
                                     f"{policy.request_deadline_s:g}s", error_code="request_deadline",
@@ -140,7 +141,7 @@ def send(client: httpx.Client, request: httpx.Request, *, map_error: ErrorMapper
         error.requests = attempts
         raise error
 
-    started = time.monotonic()
+    started = policy.clock()
 
     def stop(state: RetryCallState) -> bool:
         # Transport failures stop retrying once they have taken a request deadline in all: a host that
@@ -149,7 +150,7 @@ def send(client: httpx.Client, request: httpx.Request, *, map_error: ErrorMapper
         exc = state.outcome.exception() if state.outcome else None
         transport = isinstance(exc, TransientProviderError) and exc.error_code == "transport_error"
         return state.attempt_number >= policy.max_attempts or (
-            transport and time.monotonic() - started >= policy.request_deadline_s)
+            transport and policy.clock() - started >= policy.request_deadline_s)
 
     retrying = Retrying(retry=retry_if_exception_type(TransientProviderError), stop=stop, wait=wait,
                         sleep=policy.sleep, reraise=True)

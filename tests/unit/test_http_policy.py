@@ -115,14 +115,19 @@ def test_governor_waits_for_the_window_instead_of_earning_a_429() -> None:
 
 
 def test_transport_failures_stop_retrying_after_a_request_deadline_in_all() -> None:
-    # A host that fails every attempt only after most of the deadline: retried while the deadline lasts,
-    # then the stream ends (the clock is the policy's own: a deadline of 0 has passed after one attempt).
+    # A host that drops every attempt before the deadline, but whose attempts add up past it: retried while
+    # the deadline lasts, then the stream ends. The policy's clock advances 0.4 s at every reading.
+    readings = iter(range(1000))
+
+    def clock() -> float:
+        return 0.4 * next(readings)
+
     client, seen = _client([httpx.ReadError("dropped")] * 4)
     request = client.build_request("GET", "https://api.x.com/2/dm_events")
-    spent = RetryPolicy(sleep=lambda s: None, max_attempts=4, request_deadline_s=0.0)
+    short = RetryPolicy(sleep=lambda s: None, max_attempts=4, request_deadline_s=1.5, clock=clock)
     with pytest.raises(TransientProviderError) as exc:
-        send(client, request, map_error=map_error, policy=spent, budget=Budget.of(60))
-    assert exc.value.error_code == "transport_error" and len(seen) == 1
+        send(client, request, map_error=map_error, policy=short, budget=Budget.of(60))
+    assert exc.value.error_code == "transport_error" and len(seen) == 2
     client, seen = _client([httpx.ReadError("dropped")] * 4)
     lasting = RetryPolicy(sleep=lambda s: None, max_attempts=4, request_deadline_s=3600.0)
     with pytest.raises(TransientProviderError):
