@@ -9,10 +9,11 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any, Protocol
 
+import httpx
 import orjson
 
 from dm_pipeline.errors import InvalidIdentifier
-from dm_pipeline.http.policy import Budget
+from dm_pipeline.http.policy import Budget, RetryPolicy
 from dm_pipeline.http.ratelimit import Governor
 from dm_pipeline.models import Account, EventRow, Page, QuarantinedEvent, Stream, UserRow
 
@@ -46,6 +47,20 @@ def validate_id(value: str, pattern: re.Pattern[str], what: str) -> str:
         raise InvalidIdentifier(f"{what} must match {pattern.pattern}; got a value of length "
                                 f"{len(value) if isinstance(value, str) else 'n/a'}")
     return value
+
+
+class ClientBase:
+    """The construction every provider client shares: the account, its `user_id` checked before anything
+    else (it may reach a URL), the HTTP client, the retry policy and the account's rate-limit governor
+    (a fresh one when none is given). The clients keep their own signatures and add their own fields."""
+
+    def __init__(self, account: Account, http: httpx.Client, policy: RetryPolicy | None,
+                 governor: Governor | None) -> None:
+        validate_id(account.user_id, USER_ID_RE, "user_id")
+        self.account = account
+        self._http = http
+        self._policy = policy or RetryPolicy()
+        self.governor = governor or Governor()
 
 
 def sanitize(value: Any) -> tuple[Any, bool]:

@@ -17,7 +17,7 @@ from dm_pipeline.http.policy import Budget, RetryPolicy, send
 from dm_pipeline.http.ratelimit import Governor
 from dm_pipeline.models import Account, ConversationEventRow, ConversationRow, EventRow, Page, Stream
 from dm_pipeline.providers.base import (
-    USER_ID_RE,
+    ClientBase,
     as_list,
     content_hash,
     id_field,
@@ -28,7 +28,6 @@ from dm_pipeline.providers.base import (
     time_field,
     unstorable_flags,
     user_row,
-    validate_id,
 )
 
 LIST = "/twitter/dm/list"
@@ -112,17 +111,13 @@ def parse_list(body: Any) -> Page:
                 conversation_events=tuple(events), quarantined=tuple(quarantined))
 
 
-class GetXApiClient:
+class GetXApiClient(ClientBase):
     def __init__(self, account: Account, http: httpx.Client, api_key: Callable[[], str],
                  secret: Callable[[str | None], str | None], policy: RetryPolicy | None = None,
                  governor: Governor | None = None) -> None:
-        validate_id(account.user_id, USER_ID_RE, "user_id")
-        self.account = account
-        self._http = http
+        super().__init__(account, http, policy, governor)
         self._api_key = api_key
         self._secret = secret  # env-var name -> value (auth_token, ct0, twid)
-        self._policy = policy or RetryPolicy()
-        self.governor = governor or Governor()
 
     def streams(self) -> Iterator[Stream]:
         for tab in self.account.tabs:

@@ -19,6 +19,7 @@ from dm_pipeline.http.ratelimit import Governor
 from dm_pipeline.models import Account, EventRow, Page, QuarantinedEvent, Stream, UserRow
 from dm_pipeline.providers.base import (
     USER_ID_RE,
+    ClientBase,
     content_hash,
     id_field,
     normalize_all,
@@ -82,16 +83,12 @@ def parse_history(body: Any, account_user_id: str, partner_id: str
     return events, cursor if more else None, quarantined
 
 
-class XquikClient:
+class XquikClient(ClientBase):
     def __init__(self, account: Account, http: httpx.Client, api_key: Callable[[], str],
                  policy: RetryPolicy | None = None, governor: Governor | None = None,
                  stored_user_id: Callable[[str], str | None] | None = None) -> None:
-        validate_id(account.user_id, USER_ID_RE, "user_id")
-        self.account = account
-        self._http = http
+        super().__init__(account, http, policy, governor)
         self._api_key = api_key
-        self._policy = policy or RetryPolicy()
-        self.governor = governor or Governor()
         self._partner_ids: dict[str, str] = {}
         self._stored_user_id = stored_user_id  # username -> ID from earlier lookups (dm_users)
         self._looked_up: list[UserRow] = []
