@@ -1,4 +1,4 @@
-"""`dm-pipeline accounts connect` and `dm-pipeline oauth status | reset | rotate-key` (registered by cli.py).
+"""`dm-pipeline accounts connect` and `dm-pipeline oauth status | reset | rotate-key`.
 
 Same rules as every command: configuration problems are one `error:` line and exit 2; a connect that did
 not end with a stored pair is one line and exit 1. No token, code, verifier, key or secret is ever printed:
@@ -7,31 +7,15 @@ status says which key decrypts a pair, never what it decrypts to.
 
 from __future__ import annotations
 
-import functools
 import os
 import sys
-from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
+from dm_pipeline.cli.common import CONTEXT, _escape, _settings, err, fail, friendly_errors, out
 from dm_pipeline.errors import ConfigError
-
-F = TypeVar("F", bound=Callable[..., Any])
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-
-
-def _friendly(fn: F) -> F:
-    """cli.friendly_errors, looked up when the command runs (cli.py imports this module)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from dm_pipeline.cli import friendly_errors
-
-        return friendly_errors(fn)(*args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
 
 
 def _lookup(name: str | None) -> str | None:
@@ -72,7 +56,7 @@ def _when(ts: datetime | None, now: datetime) -> str:
               "browser was redirected to, pasted on standard input (a browser on another machine).")
 @click.option("--timeout", "timeout_s", type=click.IntRange(min=1), default=300, show_default=True,
               metavar="SECONDS", help="How long to wait for X's redirect.")
-@_friendly
+@friendly_errors
 def connect(key: str, no_browser: bool, timeout_s: int) -> None:
     """Connect the X account KEY (an entry with an `oauth:` block): OAuth 2.0 Authorization Code with
     PKCE in your browser, then its access and refresh tokens are stored encrypted in Postgres, and every
@@ -91,7 +75,6 @@ def connect(key: str, no_browser: bool, timeout_s: int) -> None:
 
     from dm_pipeline import preflight
     from dm_pipeline.accounts import describe_missing, missing_env
-    from dm_pipeline.cli import _settings, err, fail, out
     from dm_pipeline.models import Provider
     from dm_pipeline.oauth import fernet_from
     from dm_pipeline.oauth_connect import ConnectError
@@ -148,7 +131,7 @@ def _keys() -> tuple[Any, list[Any]]:
 
 @oauth.command("status", context_settings=CONTEXT, short_help="Per account: stored?, scope, expiry, last refresh.")
 @click.option("--account", "account_keys", multiple=True, metavar="KEY", help="Only this account (repeatable).")
-@_friendly
+@friendly_errors
 def status(account_keys: tuple[str, ...]) -> None:
     """Per X account with `oauth` (and any other account with a stored pair): whether a pair is stored,
     the scope X granted, when the access token expires, when it was last refreshed and connected, and
@@ -161,7 +144,6 @@ def status(account_keys: tuple[str, ...]) -> None:
 
     from dm_pipeline import preflight
     from dm_pipeline.accounts import load_accounts
-    from dm_pipeline.cli import _escape, _settings, err, out
     from dm_pipeline.oauth_admin import pair_status
 
     settings = _settings()
@@ -205,7 +187,7 @@ def status(account_keys: tuple[str, ...]) -> None:
 @click.option("--account", "account_keys", multiple=True, required=True, metavar="KEY",
               help="The account whose pair to forget (repeatable).")
 @click.option("--yes", is_flag=True, help="Really forget it (default: a dry run).")
-@_friendly
+@friendly_errors
 def reset(account_keys: tuple[str, ...], yes: bool) -> None:
     """Forget the stored OAuth pair of an account (after X refused its refresh token, a lost key, or to
     connect another X account): the account does not sync until `dm-pipeline accounts connect KEY`.
@@ -216,7 +198,6 @@ def reset(account_keys: tuple[str, ...], yes: bool) -> None:
              dm-pipeline oauth reset --account support-inbox --yes
     """
     from dm_pipeline import preflight
-    from dm_pipeline.cli import _settings, out
     from dm_pipeline.oauth_admin import forget
 
     settings = _settings()
@@ -240,7 +221,7 @@ def reset(account_keys: tuple[str, ...], yes: bool) -> None:
 
 @oauth.command("rotate-key", context_settings=CONTEXT,
                short_help="Re-encrypt every stored pair with DM_PIPELINE_TOKEN_KEY.")
-@_friendly
+@friendly_errors
 def rotate_key() -> None:
     """Re-encrypt every stored pair from the old key(s) in DM_PIPELINE_TOKEN_KEYS_OLD (comma-separated)
     to DM_PIPELINE_TOKEN_KEY, in one transaction: all or nothing. Syncs keep working throughout: with
@@ -251,7 +232,6 @@ def rotate_key() -> None:
              dm-pipeline oauth rotate-key      (then unset DM_PIPELINE_TOKEN_KEYS_OLD everywhere)
     """
     from dm_pipeline import preflight
-    from dm_pipeline.cli import _settings, out
     from dm_pipeline.oauth import KEY_ENV, OLD_KEYS_ENV, primary_key
     from dm_pipeline.oauth_admin import rotate
 
