@@ -22,13 +22,24 @@ from __future__ import annotations
 import html
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from dm_pipeline.simulator.faults import COMMON, TRANSPORT, Ctx, Reply, Route
 from dm_pipeline.simulator.oauth import AuthRequest, OAuthServer
+from dm_pipeline.simulator.x_fields import TWEET_FIELDS, USER_FIELDS
+from dm_pipeline.simulator.x_problems import invalid_request
 
 if TYPE_CHECKING:
-    from dm_pipeline.simulator.x_api import XApi
+    from dm_pipeline.simulator.world import World
+
+
+class XHost(Protocol):
+    """What these routes need of the X provider (`x_api.XApi`, which imports this module)."""
+
+    @property
+    def world(self) -> World: ...
+    @property
+    def oauth(self) -> OAuthServer: ...
 
 AUTHORIZE = r"/(?:i|2)/oauth2/authorize"
 HTML = "text/html; charset=utf-8"
@@ -65,7 +76,7 @@ CONSENT_FAULTS = TRANSPORT
 USERS_ME_FAULTS = COMMON | {"403"}
 
 
-def consent_routes(api: XApi) -> dict[tuple[str, str], Route]:
+def consent_routes(api: XHost) -> dict[tuple[str, str], Route]:
     return {
         ("GET", AUTHORIZE): Route("oauth_authorize", lambda ctx: authorize(api.oauth, api, ctx), CONSENT_FAULTS,
                                   limited=False),
@@ -122,7 +133,7 @@ def check_request(oauth: OAuthServer, query: Mapping[str, list[str]]) -> AuthReq
     return AuthRequest(one("client_id"), redirect_uri, tuple(dict.fromkeys(scope)), one("state"), challenge, method)
 
 
-def authorize(oauth: OAuthServer, api: XApi, ctx: Ctx) -> Reply:
+def authorize(oauth: OAuthServer, api: XHost, ctx: Ctx) -> Reply:
     request = check_request(oauth, ctx.query)
     if isinstance(request, str):
         return _refused(request)
@@ -147,7 +158,7 @@ def authorize(oauth: OAuthServer, api: XApi, ctx: Ctx) -> Reply:
     return _page(200, "Authorize app — X (simulator)", body)
 
 
-def consent(oauth: OAuthServer, api: XApi, ctx: Ctx) -> Reply:
+def consent(oauth: OAuthServer, api: XHost, ctx: Ctx) -> Reply:
     form: dict[str, list[str]] = ctx.data or {}
 
     def one(name: str) -> str:
@@ -164,9 +175,7 @@ def consent(oauth: OAuthServer, api: XApi, ctx: Ctx) -> Reply:
 
 
 # ----------------------------------------------------------------------------------- GET /2/users/me
-def users_me(api: XApi, ctx: Ctx) -> Reply:
-    from dm_pipeline.simulator.x_api import TWEET_FIELDS, USER_FIELDS, invalid_request
-
+def users_me(api: XHost, ctx: Ctx) -> Reply:
     assert ctx.user_id is not None
     allowed = {"user.fields": USER_FIELDS, "expansions": USER_EXPANSIONS, "tweet.fields": TWEET_FIELDS}
     errors: list[tuple[str, str, str]] = []

@@ -29,12 +29,50 @@ import hmac
 import re
 from collections.abc import Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from dm_pipeline.simulator.server import Simulator
+    from dm_pipeline.simulator.faults import Faults
+    from dm_pipeline.simulator.oauth import OAuthServer
+    from dm_pipeline.simulator.world import World
+    from dm_pipeline.simulator.x_api import XApi
+    from dm_pipeline.simulator.xquik import XquikApi
 
-ControlHandler = Callable[["Simulator", dict[str, list[str]], Any], Any]
+
+class Limiter(Protocol):
+    """The rate limiter's settings (`server.RateLimiter`)."""
+
+    limit: int
+    window_s: int
+
+    def reset(self) -> None: ...
+
+
+class SimHost(Protocol):
+    """What the control endpoints drive: `server.Simulator`, which imports this module (never the reverse)."""
+
+    xquik_credits: int
+
+    @property
+    def world(self) -> World: ...
+    @property
+    def faults(self) -> Faults: ...
+    @property
+    def x(self) -> XApi: ...
+    @property
+    def xquik(self) -> XquikApi: ...
+    @property
+    def oauth(self) -> OAuthServer: ...
+    @property
+    def limiter(self) -> Limiter: ...
+    @property
+    def xquik_credits_used(self) -> int: ...
+    def base_url(self, provider: str) -> str: ...
+    def truth(self, user_id: str, route: str = "dm_events", *, shape: str = "canonical") -> list[dict[str, Any]]: ...
+    def stats(self) -> dict[str, Any]: ...
+
+
+ControlHandler = Callable[[SimHost, dict[str, list[str]], Any], Any]
 PROVE_PATH = "/_sim/prove"
 SERVICE = "dm_pipeline-simulator"
 NONCE = re.compile(r"[0-9a-f]{32,128}")
@@ -63,7 +101,7 @@ def _q(query: dict[str, list[str]], name: str, default: str | None = None) -> st
     return default
 
 
-def _truth(sim: Simulator, query: dict[str, list[str]], _: Any) -> Any:
+def _truth(sim: SimHost, query: dict[str, list[str]], _: Any) -> Any:
     world, user_id = sim.world, _q(query, "user_id")
     data = sim.truth(user_id, _q(query, "route", "dm_events"), shape=_q(query, "shape", "canonical"))
     if _q(query, "includes", "0") not in ("1", "true"):
@@ -74,25 +112,25 @@ def _truth(sim: Simulator, query: dict[str, list[str]], _: Any) -> Any:
     return {"data": data, "includes": {k: [o.as_dict() for o in v] for k, v in inc.items()}}
 
 
-def _advance(sim: Simulator, _: Any, body: dict[str, Any]) -> Any:
+def _advance(sim: SimHost, _: Any, body: dict[str, Any]) -> Any:
     ids = sim.world.advance(body.get("user_id"), int(body.get("n", 0)), deletions=int(body.get("deletions", 0)),
                             seconds=float(body.get("seconds", 60.0)), edits=int(body.get("edits", 0)))
     return {"ids": ids, "now": _iso(sim.world.now)}
 
 
-def _inject(sim: Simulator, _: Any, body: dict[str, Any]) -> Any:
+def _inject(sim: SimHost, _: Any, body: dict[str, Any]) -> Any:
     params = {k: v for k, v in body.items() if k not in ("user_id", "route", "kind", "count")}
     sim.faults.inject(body.get("user_id"), body.get("route", "dm_events"), str(body["kind"]),
                       int(body.get("count", 1)), **params)
     return {"pending": sim.faults.pending()}
 
 
-def _clear_faults(sim: Simulator, _: Any, __: Any) -> Any:
+def _clear_faults(sim: SimHost, _: Any, __: Any) -> Any:
     sim.faults.clear()
     return {"pending": []}
 
 
-def _accounts(sim: Simulator, _: Any, __: Any) -> Any:
+def _accounts(sim: SimHost, _: Any, __: Any) -> Any:
     w = sim.world
     keys = {"xquik_api_key": w.xquik_key(), "getxapi_api_key": w.getxapi_key()}
     app = sim.x.oauth1
@@ -105,7 +143,7 @@ def _accounts(sim: Simulator, _: Any, __: Any) -> Any:
             **keys, **x_app, "base_urls": {p: sim.base_url(p) for p in ("x", "xquik", "getxapi")}}
 
 
-def _x(sim: Simulator, _: Any, body: dict[str, Any]) -> Any:
+def _x(sim: SimHost, _: Any, body: dict[str, Any]) -> Any:
     if "specs" in body:
         from dm_pipeline.simulator.x_api import SPECS
 
@@ -116,24 +154,24 @@ def _x(sim: Simulator, _: Any, body: dict[str, Any]) -> Any:
     return {"specs": list(sim.x.specs)}
 
 
-def _conversations(sim: Simulator, query: dict[str, list[str]], _: Any) -> Any:
+def _conversations(sim: SimHost, query: dict[str, list[str]], _: Any) -> Any:
     w, user_id = sim.world, _q(query, "user_id")
     return {"conversations": [{"id": c.id, "type": "group" if c.is_group else "one_to_one",
                                "members": list(c.members), "tab": w.tab_of(user_id, c.id)}
                               for c in w.conversations_of(user_id)]}
 
 
-def _delete(sim: Simulator, _: Any, body: dict[str, Any]) -> Any:
+def _delete(sim: SimHost, _: Any, body: dict[str, Any]) -> Any:
     return {"deleted": sim.world.delete(str(body["event_id"]))}
 
 
-def _edit(sim: Simulator, _: Any, body: dict[str, Any]) -> Any:
+def _edit(sim: SimHost, _: Any, body: dict[str, Any]) -> Any:
     sim.world.edit(str(body["event_id"]), str(body["text"]))
     ev = sim.world.event(str(body["event_id"]))
     return {"edit_count": ev.edit_count if ev else None}
 
 
-def _rate_limit(sim: Simulator, _: Any, body: dict[str, Any]) -> Any:
+def _rate_limit(sim: SimHost, _: Any, body: dict[str, Any]) -> Any:
     lim = sim.limiter
     lim.limit = int(body.get("limit", lim.limit))
     lim.window_s = int(body.get("window_s", lim.window_s))
@@ -142,7 +180,7 @@ def _rate_limit(sim: Simulator, _: Any, body: dict[str, Any]) -> Any:
     return {"limit": lim.limit, "window_s": lim.window_s}
 
 
-def _xquik(sim: Simulator, _: Any, body: dict[str, Any]) -> Any:
+def _xquik(sim: SimHost, _: Any, body: dict[str, Any]) -> Any:
     if "balance" in body:
         sim.xquik_credits = int(body["balance"])
     if "page_size" in body:
@@ -153,7 +191,7 @@ def _xquik(sim: Simulator, _: Any, body: dict[str, Any]) -> Any:
     return {"balance": sim.xquik_credits, "credits_used": sim.xquik_credits_used, "page_size": sim.xquik.page_size}
 
 
-def _oauth(sim: Simulator, _: Any, body: dict[str, Any]) -> Any:
+def _oauth(sim: SimHost, _: Any, body: dict[str, Any]) -> Any:
     for name in ("client_id", "client_secret"):
         if name in body:
             setattr(sim.oauth, name, None if body[name] is None else str(body[name]))
@@ -171,7 +209,7 @@ def _oauth(sim: Simulator, _: Any, body: dict[str, Any]) -> Any:
     return sim.oauth.stats()
 
 
-def _oauth_issue(sim: Simulator, _: Any, body: dict[str, Any]) -> Any:
+def _oauth_issue(sim: SimHost, _: Any, body: dict[str, Any]) -> Any:
     user_id = str(body["user_id"])
     if user_id not in sim.world.accounts():
         raise KeyError(f"{user_id} is not an account")
@@ -179,26 +217,26 @@ def _oauth_issue(sim: Simulator, _: Any, body: dict[str, Any]) -> Any:
     return {"access_token": access, "refresh_token": refresh, "expires_in": 7200}
 
 
-def _oauth_expire(sim: Simulator, _: Any, body: dict[str, Any]) -> Any:
+def _oauth_expire(sim: SimHost, _: Any, body: dict[str, Any]) -> Any:
     return {"expired": sim.oauth.expire(str(body["user_id"]))}
 
 
-def _health(sim: Simulator, _: Any, __: Any) -> Any:
+def _health(sim: SimHost, _: Any, __: Any) -> Any:
     return {"ok": True, "now": _iso(sim.world.now)}
 
 
-def _prove(sim: Simulator, query: dict[str, list[str]], _: Any) -> Any:
+def _prove(sim: SimHost, query: dict[str, list[str]], _: Any) -> Any:
     nonce = _q(query, "nonce")
     if not NONCE.fullmatch(nonce):
         raise ValueError("nonce must be 32-128 lower-case hex digits")
     return {"proof": proof_for(sim.world.seed, nonce), "seed": sim.world.seed, "service": SERVICE}
 
 
-def _pending(sim: Simulator, _: Any, __: Any) -> Any:
+def _pending(sim: SimHost, _: Any, __: Any) -> Any:
     return {"pending": sim.faults.pending()}
 
 
-def _stats(sim: Simulator, _: Any, __: Any) -> Any:
+def _stats(sim: SimHost, _: Any, __: Any) -> Any:
     return sim.stats()
 
 

@@ -32,7 +32,9 @@ Two spellings of the field parameters (`specs`, in order of preference; both by 
 A request is answered in the first accepted spelling its parameters are valid under; valid under none, it
 gets the 400 of the first (so with `specs = ("2.167",)` — X dropped the old names — a 2.159 request gets
 "The query parameter [tweet.fields] is not one of [...]"). Error bodies keep the api.twitter.com problem
-URIs either way.
+
+The vocabulary of both spellings and the 2.167 shapes are in `x_fields`, the error bodies in `x_problems`
+(both re-exported here).
 """
 
 from __future__ import annotations
@@ -50,59 +52,51 @@ from dm_pipeline.simulator.oauth import UNAUTHORIZED_CLIENT, OAuthServer
 from dm_pipeline.simulator.oauth1 import OAuth1Verifier
 from dm_pipeline.simulator.paging import CursorCodec, bend, bend_items
 from dm_pipeline.simulator.world import EVENT_TYPES, MESSAGE_CREATE, SimEvent, World
+from dm_pipeline.simulator.x_fields import (
+    DM_EVENT_FIELDS,
+    DM_EVENT_FIELDS_V2167,
+    DM_EVENTS_PARAMS,
+    DM_EVENTS_PARAMS_V2167,
+    EXPANSIONS,
+    EXPANSIONS_V2167,
+    LIST_PARAMS,
+    LIST_PARAMS_V2167,
+    MEDIA_FIELDS,
+    POST_FIELDS,
+    SPECS,
+    TWEET_FIELDS,
+    USER_FIELDS,
+    USER_FIELDS_V2167,
+    V2159,
+    V2167,
+    as_post,
+    as_user_v2167,
+    as_v2167,
+)
+from dm_pipeline.simulator.x_problems import (
+    CLIENT_FORBIDDEN,
+    INVALID_REQUEST,
+    NOT_AUTHORIZED,
+    PROBLEM,
+    UNAUTHORIZED,
+    UNSUPPORTED_AUTHENTICATION,
+    bad_token_error,
+    invalid_request,
+    not_participant,
+    path_error,
+    problem,
+    usage_capped,
+)
 
-PROBLEM = "application/problem+json"
-INVALID_REQUEST = "https://api.twitter.com/2/problems/invalid-request"
-
-# Enums exactly as in x-api-v2-dm-openapi.json (the OpenAPI test checks they still match).
-DM_EVENT_FIELDS = ("attachments", "created_at", "dm_conversation_id", "entities", "event_type", "id",
-                   "participant_ids", "referenced_tweets", "sender_id", "text")
-EXPANSIONS = ("attachments.media_keys", "participant_ids", "referenced_tweets.id", "sender_id")
-MEDIA_FIELDS = ("alt_text", "duration_ms", "height", "media_key", "non_public_metrics", "organic_metrics",
-                "preview_image_url", "promoted_metrics", "public_metrics", "type", "url", "variants", "width")
-USER_FIELDS = ("affiliation", "confirmed_email", "connection_status", "created_at", "description", "entities",
-               "id", "is_identity_verified", "location", "most_recent_tweet_id", "name", "parody",
-               "pinned_tweet_id", "profile_banner_url", "profile_image_url", "protected", "public_metrics",
-               "receives_your_dm", "subscription", "subscription_type", "url", "username", "verified",
-               "verified_followers_count", "verified_type", "withheld")
-TWEET_FIELDS = ("article", "attachments", "author_id", "card_uri", "community_id", "context_annotations",
-                "conversation_id", "created_at", "display_text_range", "edit_controls", "edit_history_tweet_ids",
-                "entities", "geo", "id", "in_reply_to_user_id", "lang", "media_metadata", "non_public_metrics",
-                "note_tweet", "organic_metrics", "possibly_sensitive", "promoted_metrics", "public_metrics",
-                "referenced_tweets", "reply_settings", "scopes", "source", "suggested_source_links",
-                "suggested_source_links_with_counts", "text", "withheld")
-LIST_PARAMS: dict[str, tuple[str, ...]] = {
-    "event_types": EVENT_TYPES, "dm_event.fields": DM_EVENT_FIELDS, "expansions": EXPANSIONS,
-    "media.fields": MEDIA_FIELDS, "user.fields": USER_FIELDS, "tweet.fields": TWEET_FIELDS,
-}
-DM_EVENTS_PARAMS = ("dm_event.fields", "event_types", "expansions", "max_results", "media.fields",
-                    "pagination_token", "tweet.fields", "user.fields")
-
-# The same parameters as spec 2.167 (xdk's) spells them (the OpenAPI test checks they match that spec too).
-V2159, V2167 = "2.159", "2.167"
-DM_EVENT_FIELDS_V2167 = ("attachments", "created_at", "dm_conversation_id", "entities", "event_type", "id", "text")
-EXPANSIONS_V2167 = ("attachments.media_keys", "participant_ids", "referenced_posts", "sender_id")
-USER_FIELDS_V2167 = ("confirmed_email", "connection_status", "created_at", "description", "entities", "id",
-                     "is_identity_verified", "location", "name", "parody", "profile_banner_url", "profile_image_url",
-                     "protected", "public_metrics", "receives_your_dm", "subscribes_to_you", "subscription",
-                     "subscription_type", "url", "username", "verified", "verified_followers_count", "verified_type",
-                     "withheld")
-POST_FIELDS = ("article", "article_title", "attachments", "card_uri", "community_id", "context_annotations",
-               "conversation_id", "created_at", "display_text_range", "edit_controls", "entities", "geo", "id", "lang",
-               "matched_media_notes", "media_metadata", "non_public_metrics", "note_post", "note_request_suggestions",
-               "organic_metrics", "paid_partnership", "possibly_sensitive", "promoted_metrics", "public_metrics",
-               "reply_settings", "scopes", "source", "suggested_source_links", "suggested_source_links_with_counts",
-               "text", "withheld")
-LIST_PARAMS_V2167: dict[str, tuple[str, ...]] = {
-    "event_types": EVENT_TYPES, "dm_event.fields": DM_EVENT_FIELDS_V2167, "expansions": EXPANSIONS_V2167,
-    "media.fields": MEDIA_FIELDS, "user.fields": USER_FIELDS_V2167, "post.fields": POST_FIELDS,
-}
-DM_EVENTS_PARAMS_V2167 = ("dm_event.fields", "event_types", "expansions", "max_results", "media.fields",
-                          "pagination_token", "post.fields", "user.fields")
-# spec -> (the parameters it takes, the enums of its list parameters)
-SPECS: dict[str, tuple[tuple[str, ...], dict[str, tuple[str, ...]]]] = {
-    V2159: (DM_EVENTS_PARAMS, LIST_PARAMS), V2167: (DM_EVENTS_PARAMS_V2167, LIST_PARAMS_V2167),
-}
+__all__ = [
+    "CLIENT_FORBIDDEN", "CONVERSATION_ID_PATTERN", "DM_EVENTS_PARAMS", "DM_EVENTS_PARAMS_V2167", "DM_EVENT_FIELDS",
+    "DM_EVENT_FIELDS_V2167", "EVENT_TYPES", "EXPANSIONS", "EXPANSIONS_V2167", "INVALID_REQUEST", "LIST_PARAMS",
+    "LIST_PARAMS_V2167", "MEDIA_FIELDS", "NOT_AUTHORIZED", "OAUTH_FAULTS", "POST_FIELDS", "PROBLEM", "SPECS",
+    "TWEET_FIELDS", "UNAUTHORIZED", "UNSUPPORTED_AUTHENTICATION", "USER_FIELDS", "USER_FIELDS_V2167", "USER_ID_PATTERN",
+    "V2159", "V2167", "X_FAULTS", "XApi", "as_post", "as_user_v2167", "as_v2167", "bad_token_error", "dm_conversation",
+    "dm_conversation_with", "dm_events", "invalid_request", "not_participant", "page_payload", "parse_dm_events_query",
+    "path_error", "problem", "render_event", "usage_capped",
+]
 
 # A field name maps to the keys it selects in the world's event dict; `entities` is flattened in DmEvent.
 _FIELD_KEYS: dict[str, tuple[str, ...]] = {"entities": ("urls", "hashtags", "mentions", "cashtags")}
@@ -112,81 +106,16 @@ _EXPANSION_FIELD = {"attachments.media_keys": "attachments", "participant_ids": 
                     "referenced_posts": "referenced_tweets"}
 # 2.167 names of what the world keys in 2.159 names: expansions (for `includes_for`).
 _EXPANSION_V2159 = {"referenced_posts": "referenced_tweets.id"}
-_ENTITY_KEYS = ("urls", "hashtags", "mentions", "cashtags")
 _DEFAULT_FIELDS = {MESSAGE_CREATE: ("id", "event_type", "text")}
 _DEFAULT_OTHER = ("id", "event_type", "participant_ids")
 USER_ID_PATTERN = "^[0-9]{1,19}$"
 CONVERSATION_ID_PATTERN = "^([0-9]{1,19}-[0-9]{1,19}|[0-9]{15,19})$"
-NOT_AUTHORIZED = "https://api.twitter.com/2/problems/not-authorized-for-resource"
 X_FAULTS = COMMON | PAGING | {"403", "dm_not_permitted", "unsupported_authentication", "usage_capped"}
 OAUTH_FAULTS = COMMON
 _OPTIONAL = ("created_at", "sender_id", "attachments")      # what `missing_optional` leaves out
 _INT = re.compile(r"-?[0-9]+")
 _USER_ID = re.compile(USER_ID_PATTERN[1:-1])
 _CONVERSATION_ID = re.compile(CONVERSATION_ID_PATTERN[1:-1])
-
-
-# ------------------------------------------------------------------------------------ error bodies
-def problem(status: int, title: str, detail: str, type_: str = "about:blank") -> Reply:
-    return Reply(status, {"title": title, "detail": detail, "type": type_, "status": status},
-                 content_type=PROBLEM)
-
-
-def invalid_request(errors: list[tuple[str, str, str]]) -> Reply:
-    """X's 400 body; `errors` are (parameter, value, message)."""
-    return Reply(400, {
-        "errors": [{"parameters": {p: [v]}, "message": m} for p, v, m in errors],
-        "title": "Invalid Request", "detail": "One or more parameters to your request was invalid.",
-        "type": INVALID_REQUEST}, content_type=PROBLEM)
-
-
-def bad_token_error(value: str) -> tuple[str, str, str]:
-    return ("pagination_token", value,
-            f"The `pagination_token` query parameter value [{value}] is not a valid token.")
-
-
-UNAUTHORIZED = {"title": "Unauthorized", "type": "about:blank", "status": 401, "detail": "Unauthorized"}
-CLIENT_FORBIDDEN = {
-    "client_id": "29427710",
-    "detail": "When authenticating requests to the Twitter API v2 endpoints, you must use keys and tokens "
-              "from a Twitter developer App that is attached to a Project. You can create a project via "
-              "the developer portal.",
-    "registration_url": "https://developer.x.com/en/portal/product",
-    "title": "Client Forbidden",
-    "required_enrollment": "Appropriate Level of API Access",
-    "reason": "client-not-enrolled",
-    "type": "https://api.twitter.com/2/problems/client-forbidden",
-}
-# An app-only bearer token on a user-context route: X's 403 problem.
-UNSUPPORTED_AUTHENTICATION = {
-    "title": "Unsupported Authentication",
-    "detail": "Authenticating with OAuth 2.0 Application-Only is forbidden for this endpoint. Supported "
-              "authentication types are [OAuth 1.0a User Context, OAuth 2.0 User Context].",
-    "type": "https://api.twitter.com/2/problems/unsupported-authentication",
-    "status": 403,
-}
-
-
-def usage_capped(params: Mapping[str, Any]) -> Reply:
-    """429 when the app's usage cap is spent (xdevplatform/xdk#25): no `status` field, and the rate-limit
-    headers still show the window's own remaining requests. Params `period` (Daily|Monthly), `scope`
-    (Account|Product)."""
-    period, scope = str(params.get("period", "Monthly")), str(params.get("scope", "Product"))
-    return Reply(429, {"account_id": "1480571917493288962", "product_name": "standard-basic",
-                       "title": "UsageCapExceeded", "period": period, "scope": scope,
-                       "detail": f"Usage cap exceeded: {period} {scope.lower()} cap",
-                       "type": "https://api.twitter.com/2/problems/usage-capped"}, content_type=PROBLEM)
-
-
-def not_participant(parameter: str, value: str, detail: str) -> Reply:
-    """403: the account may not read this conversation (a ResourceUnauthorizedProblem)."""
-    return Reply(403, {"value": value, "detail": detail, "title": "Authorization Error", "resource_type": "user",
-                       "parameter": parameter, "resource_id": value, "section": "data", "type": NOT_AUTHORIZED,
-                       "status": 403}, content_type=PROBLEM)
-
-
-def path_error(name: str, value: str, pattern: str) -> tuple[str, str, str]:
-    return (name, value, f"The `{name}` query parameter value [{value}] does not match {pattern}")
 
 
 # ----------------------------------------------------------------------------------------- routes
@@ -369,42 +298,6 @@ def render_event(ev: SimEvent, fields: set[str] | frozenset[str]) -> dict[str, A
 def _select(obj: dict[str, Any], always: tuple[str, ...], requested: tuple[str, ...]) -> dict[str, Any]:
     keys = set(always) | set(requested)
     return {k: v for k, v in obj.items() if k in keys}
-
-
-def as_v2167(event: dict[str, Any]) -> dict[str, Any]:
-    """A DmEvent in 2.159's shape (`world.truth`, `render_event`) as spec 2.167 shapes it: `referenced_posts`
-    for `referenced_tweets`, the flattened entity lists in one `entities` object."""
-    out: dict[str, Any] = {}
-    entities: dict[str, Any] = {}
-    for key, value in event.items():
-        if key in _ENTITY_KEYS:
-            entities[key] = value
-        else:
-            out["referenced_posts" if key == "referenced_tweets" else key] = value
-    if entities:
-        out["entities"] = entities
-    return out
-
-
-_POST_KEYS = {"edit_history_tweet_ids": "edit_history_post_ids", "referenced_tweets": "referenced_posts",
-              "note_tweet": "note_post"}
-
-
-def as_post(tweet: dict[str, Any]) -> dict[str, Any]:
-    """A Tweet object (2.159) as a 2.167 Post (`public_metrics.retweet_count` is `repost_count` there)."""
-    post = {_POST_KEYS.get(k, k): v for k, v in tweet.items()}
-    if isinstance(post.get("public_metrics"), dict):
-        post["public_metrics"] = {("repost_count" if k == "retweet_count" else k): v
-                                  for k, v in post["public_metrics"].items()}
-    return post
-
-
-def as_user_v2167(user: dict[str, Any]) -> dict[str, Any]:
-    """A User object (2.159) as 2.167 shapes it (`public_metrics.tweet_count` is `post_count`)."""
-    if not isinstance(user.get("public_metrics"), dict):
-        return user
-    metrics = {("post_count" if k == "tweet_count" else k): v for k, v in user["public_metrics"].items()}
-    return {**user, "public_metrics": metrics}
 
 
 def page_payload(api: XApi, ctx: Ctx, q: _Query, stream: str) -> dict[str, Any]:
