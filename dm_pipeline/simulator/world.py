@@ -192,10 +192,7 @@ class World(WorldGenerator):
             start_ms = to_ms(self.now)
             added: list[str] = []
             while len(added) < n:
-                digits = rng.randint(15, 19)
-                uid = str(rng.randrange(10 ** (digits - 1), 10 ** digits))
-                if uid in self._users:
-                    continue
+                uid = self._fresh_uid(rng)
                 i = len(self._user_order)
                 self._users[uid] = SimUser(
                     id=uid, username=f"partner_{i}", name=f"Partner {i} {rng.choice(_UNICODE)[:12]}",

@@ -41,10 +41,7 @@ class WorldGenerator(WorldStore):
                  "Mia 🌸", "Noah O'Brien", "Sara \"Sal\" Díaz", "Иван Петров", "Amara Nwosu"]
         start_ms = to_ms(self.now)
         while len(self._user_order) < n:
-            digits = rng.randint(15, 19)
-            uid = str(rng.randrange(10 ** (digits - 1), 10 ** digits))
-            if uid in self._users:
-                continue
+            uid = self._fresh_uid(rng)
             i = len(self._user_order)
             self._users[uid] = SimUser(
                 id=uid, username=f"{first[i % len(first)]}_{i}{rng.randint(10, 999)}"[:15],
@@ -52,6 +49,14 @@ class WorldGenerator(WorldStore):
                 description=rng.choice(_UNICODE + _ASCII), location=rng.choice(["Berlin", "東京", "", "القاهرة"]),
                 protected=rng.random() < 0.1, verified=rng.random() < 0.2, followers=rng.randint(0, 50_000))
             self._user_order.append(uid)
+
+    def _fresh_uid(self, rng: random.Random) -> str:
+        """A user ID of 15-19 digits no user has yet (redrawn on a clash, in the same draw order)."""
+        while True:
+            digits = rng.randint(15, 19)
+            uid = str(rng.randrange(10 ** (digits - 1), 10 ** digits))
+            if uid not in self._users:
+                return uid
 
     def _add_conv(self, conv: SimConversation) -> None:
         self._convs[conv.id] = conv
