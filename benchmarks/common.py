@@ -3,6 +3,7 @@ its own process (so it does not share our GIL), and an accounts file for it."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -44,10 +45,22 @@ def fresh_database(prefix: str) -> Iterator[str]:
     try:
         yield url
     finally:
-        admin = create_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        _drop_database(base, name)
+
+
+def _drop_database(base: Any, name: str) -> None:
+    admin = create_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def child_arguments(description: str) -> argparse.ArgumentParser:
+    """The arguments every benchmark child takes: where to load into, and which simulator account."""
+    parser = argparse.ArgumentParser(description=description)
+    for name in ("--db", "--sim", "--user-id", "--token"):
+        parser.add_argument(name, required=True)
+    return parser
 
 
 @contextlib.contextmanager
@@ -70,10 +83,7 @@ def project_instance(tmp: Path) -> Iterator[Any]:
         with dg.DagsterInstance.from_config(str(home)) as instance:
             yield instance
     finally:
-        admin = create_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        _drop_database(base, name)
 
 
 SIM_PIDS: dict[str, int] = {}  # simulator URL -> its process, for CPU accounting

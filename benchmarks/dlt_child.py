@@ -10,7 +10,6 @@ simulator over loopback HTTP, 100 per page; dlt extracts, normalizes and merges 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import tempfile
@@ -21,6 +20,7 @@ from typing import Any
 import httpx
 from sqlalchemy import make_url
 
+from benchmarks.common import child_arguments
 from benchmarks.pipeline_child import peak_rss_mb
 from dm_pipeline.providers import x_api
 
@@ -49,11 +49,7 @@ def events(sim: str, user_id: str, token: str) -> Iterator[list[dict[str, Any]]]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--db", required=True)
-    parser.add_argument("--sim", required=True)
-    parser.add_argument("--user-id", required=True)
-    parser.add_argument("--token", required=True)
+    parser = child_arguments(__doc__.splitlines()[0] if __doc__ else "")
     args = parser.parse_args()
     os.environ.setdefault("RUNTIME__DLTHUB_TELEMETRY", "false")
     import dlt

@@ -11,13 +11,13 @@ page (rows + cursor + audit).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
 import time
 import uuid
 
+from benchmarks.common import child_arguments
 from dm_pipeline.clients import build_client, http_client
 from dm_pipeline.db.engine import get_engine
 from dm_pipeline.models import Account, Provider
@@ -40,11 +40,7 @@ def _cpu_s() -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--db", required=True)
-    parser.add_argument("--sim", required=True)
-    parser.add_argument("--user-id", required=True)
-    parser.add_argument("--token", required=True)
+    parser = child_arguments(__doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("--key", default="bench-x")
     parser.add_argument("--max-pages", type=int, default=1_000_000)
     parser.add_argument("--discover", action="store_true", help="a stream per conversation seen in the inbox")
