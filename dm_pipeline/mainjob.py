@@ -11,7 +11,7 @@ import json
 import os
 import secrets
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Engine, text
@@ -190,6 +190,16 @@ class MainJobResult:
     runs: dict[str, tuple[str, bool]]   # account key -> (Dagster run id, success)
     streams: list[StreamSummary]
     analyst: list[dict[str, object]]
+    dormant: dict[str, int] = field(default_factory=dict)  # account -> X conversation streams the inbox vouched
+
+
+def dormant_streams(engine: Engine, account_keys: list[str]) -> dict[str, int]:
+    """Per account, the streams whose last status is dormant (no request, no audit row: not in `streams`)."""
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT account_key, count(*) FROM dm_private.sync_state WHERE last_status = "
+                                 "'dormant' AND account_key = ANY(:keys) GROUP BY 1 ORDER BY 1"),
+                            {"keys": account_keys})
+        return {key: int(n) for key, n in rows}
 
 
 def run_main_job(settings: Settings | None = None, only: list[str] | None = None) -> MainJobResult:
@@ -217,4 +227,4 @@ def run_main_job(settings: Settings | None = None, only: list[str] | None = None
                                             run_config=QUIET_CONSOLE)
             runs[account.key] = (result.run_id, result.success)
     return MainJobResult(runs=runs, streams=summarize(engine, [r for r, _ in runs.values()]),
-                         analyst=analyst_rows(engine))
+                         analyst=analyst_rows(engine), dormant=dormant_streams(engine, list(runs)))

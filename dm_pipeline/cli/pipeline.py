@@ -48,6 +48,9 @@ def run(accounts: tuple[str, ...]) -> None:
         table.add_row(s.account_key, s.stream_key, s.status, str(s.pages), str(s.requests), str(s.inserted),
                       str(s.updated), str(s.unchanged), s.error_code or "")
     out.print(table)
+    for key, n in result.dormant.items():
+        out.print(f"{key}: {n} conversation stream{'s' if n > 1 else ''} dormant (the inbox keeps "
+                  f"{'them' if n > 1 else 'it'} current): 0 requests", markup=False)
     ok = sum(1 for _, success in result.runs.values() if success)
     out.print(f"Dagster runs: {ok}/{len(result.runs)} succeeded "
               f"({', '.join(f'{k}={rid[:8]}' for k, (rid, _) in result.runs.items())})")

@@ -398,3 +398,14 @@ def test_a_daily_budget_parks_the_account_after_exactly_its_budget_and_the_next_
     rows = job_rows(engine, second.run_id)
     assert {(r["job_status"], r["requests"], r["retry_at"] is not None) for r in rows.values()} == {
         ("budget_exhausted", 0, True)}
+
+
+def test_the_main_job_summary_counts_the_dormant_streams(engine, sim, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from dm_pipeline.mainjob import dormant_streams
+
+    account = replace(sim_account(sim, sim.world.accounts()[0], monkeypatch), discover_conversations=True)
+    run_sync(engine, account)                  # backfill: the inbox, then each conversation's first pass
+    assert dormant_streams(engine, [account.key]) == {}
+    noop = run_sync(engine, account)
+    assert len(noop.dormant) == len(sim.world.conversations_of(account.user_id)) > 0
+    assert dormant_streams(engine, [account.key, "other"]) == {account.key: len(noop.dormant)}
