@@ -187,7 +187,7 @@ def stream_status(engine: Engine, account_keys: Sequence[str] | None = None) -> 
         return [StreamStatusRow(**row) for row in rows]
 
 
-@dataclass(frozen=True)
+@dataclass
 class AccountCost:
     """What an account spent in the last 24 hours, and what it will spend per day at the current schedule."""
 
@@ -240,15 +240,16 @@ def account_costs(engine: Engine, poll_interval_s: float, account_keys: Sequence
         # backfill's pages are not what a tick at the current schedule costs).
         per_poll = float(statistics.median(recent) if len(recent) >= 5 else recent[0] if recent else 0)
         forecast = 0.0 if dormant else per_poll * 86400 / interval
-        prev = out.get(r["account_key"])
-        out[r["account_key"]] = AccountCost(
+        c = out.setdefault(r["account_key"], AccountCost(
             account_key=r["account_key"], provider=r["provider"], unit=UNITS.get(r["provider"], "cost"),
-            requests_24h=(prev.requests_24h if prev else 0) + int(r["requests"]),
-            cost_24h=(prev.cost_24h if prev else 0) + int(r["cost"]),
-            forecast_per_day=(prev.forecast_per_day if prev else 0.0) + forecast,
-            limited_until=r["limited_until"], streams=(prev.streams if prev else 0) + 1,
-            dormant=(prev.dormant if prev else 0) + dormant,
-            backing_off=(prev.backing_off if prev else 0) + (interval > poll_interval_s))
+            requests_24h=0, cost_24h=0, forecast_per_day=0.0, limited_until=r["limited_until"], streams=0,
+            dormant=0, backing_off=0))
+        c.requests_24h += int(r["requests"])
+        c.cost_24h += int(r["cost"])
+        c.forecast_per_day += forecast
+        c.streams += 1
+        c.dormant += dormant
+        c.backing_off += interval > poll_interval_s
     return list(out.values())
 
 

@@ -118,7 +118,7 @@ def _sync_account(engine: Engine, client: ProviderClient, run_id: str, limits: R
                               budget, on_page, gate)
             result.streams.append(res)
             gate.after(stream, res)
-            if any(k != stream.key for k in gate.states) and _vouches(stream):
+            if _vouches(stream) and any(k != stream.key for k in gate.states):
                 gate.refresh(stream.key)
                 if res.gap_suspected:
                     gate.wake([k for k in gate.states if k != stream.key])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import Connection, Engine, text
 
@@ -85,11 +85,6 @@ class AccountGovernor(Governor):
             self._dirty = False
 
 
-def limited_until(conn: Connection, account_key: str) -> datetime | None:
-    return conn.scalar(text("SELECT greatest(limited_until, CASE WHEN rl_remaining <= 0 THEN rl_reset_at END) "
-                            "FROM dm_private.account_state WHERE account_key = :k"), {"k": account_key})
-
-
 def spent_since(conn: Connection, account_key: str, since: datetime) -> tuple[int, datetime | None]:
     """(cost the account's job rows recorded since `since`, the oldest such row's time)."""
     row = conn.execute(text("SELECT coalesce(sum(cost), 0), min(finished_at) FROM dm_audit.dm_sync_audit "
@@ -136,7 +131,3 @@ def record_skips(engine: Engine, account: Account, skips: Sequence[tuple[Stream,
                           "WHERE s.account_key = :k AND s.stream_key = v.key"),
                      {"k": account.key, "keys": [s.key for s, _ in skips],
                       "statuses": [e.job_status for _, e in skips], "codes": [e.error_code for _, e in skips]})
-
-
-def utc(epoch: float) -> datetime:
-    return datetime.fromtimestamp(epoch, UTC)

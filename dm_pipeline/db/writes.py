@@ -72,7 +72,6 @@ class StreamState:
     covered_at: datetime | None = None
     last_status: str | None = None
     last_sweep_at: datetime | None = None   # the last completed walk of the whole stream
-    exists: bool = False
 
     def start_pass(self, sweep: bool) -> StreamState:
         return replace(self, pass_open=True, pass_cursor=None, pass_newest_id=None, pass_pages=0,
@@ -135,7 +134,7 @@ def _state_of(row: Any) -> StreamState:
                        empty_polls=row["empty_polls"], next_poll_at=row["next_poll_at"],
                        pass_stale_runs=row["pass_stale_runs"],
                        covered_at=row["covered_at"], last_status=row["last_status"],
-                       last_sweep_at=row["last_sweep_at"], exists=True)
+                       last_sweep_at=row["last_sweep_at"])
 
 
 def read_state(conn: Connection, account_key: str, stream_key: str) -> StreamState:

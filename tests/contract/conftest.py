@@ -4,22 +4,7 @@ truth; and the checks of the project's own X client that those libraries' findin
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
-
-from dm_pipeline.simulator import Simulator, World
-
-
-@pytest.fixture
-def world() -> World:
-    return World(seed=11)
-
-
-@pytest.fixture
-def sim(world: World) -> Iterator[Simulator]:
-    with Simulator(world, rate_limit=100_000) as s:
-        yield s
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ and a third-party client (requests-oauthlib's OAuth2Session with PKCE) going thr
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -13,34 +12,13 @@ import pytest
 
 from dm_pipeline.oauth_connect import authorization_url, pkce_pair
 from dm_pipeline.simulator import Simulator, World
+from tests.integration import sim_clock
+from tests.integration.sim_clock import Clock
 
-T0 = 1_800_000_000.0
+clock, world, sim = sim_clock.clock, sim_clock.world, sim_clock.sim  # the simulator on a test clock
+
 REDIRECT = "http://127.0.0.1:8976/callback"
 SCOPE = "dm.read tweet.read users.read offline.access"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def world() -> World:
-    return World(seed=7)
-
-
-@pytest.fixture
-def sim(world: World, clock: Clock) -> Iterator[Simulator]:
-    with Simulator(world, rate_limit=100_000, clock=clock) as s:
-        yield s
 
 
 def auth_url(sim: Simulator, challenge: str, state: str = "st-1", redirect: str = REDIRECT,

@@ -4,41 +4,19 @@ clients, and 2-hour access tokens on the Simulator's injectable clock."""
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from dm_pipeline.simulator import Simulator, World
+from tests.integration import sim_clock
+from tests.integration.sim_clock import Clock
 
-T0 = 1_800_000_000.0
+clock, world, sim = sim_clock.clock, sim_clock.world, sim_clock.sim  # the simulator on a test clock
+
 INVALID_TOKEN = {"error": "invalid_request", "error_description": "Value passed for the token was invalid."}
 UNAUTHORIZED_CLIENT = {"error": "unauthorized_client", "error_description": "Missing valid authorization header"}
 X_401 = {"title": "Unauthorized", "type": "about:blank", "status": 401, "detail": "Unauthorized"}
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def world() -> World:
-    return World(seed=7)
-
-
-@pytest.fixture
-def sim(world: World, clock: Clock) -> Iterator[Simulator]:
-    with Simulator(world, rate_limit=100_000, clock=clock) as s:
-        yield s
 
 
 def refresh(sim: Simulator, token: str, client_id: str | None = "my-app",
