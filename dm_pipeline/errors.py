@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 _CODE = re.compile(r"[a-z0-9_]{1,64}")
 
@@ -23,25 +24,28 @@ def printable(message: str, limit: int = 300) -> str:
 
 
 class DmPipelineError(Exception):
-    """Base of every error this package raises on purpose."""
+    """Base of every error this package raises on purpose. A subclass states its audit code in its class
+    statement (`class CursorLoop(DmPipelineError, code="cursor_loop")`); one without inherits its parent's."""
 
     error_code = "error"
 
+    def __init_subclass__(cls, code: str | None = None, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        if code is not None:
+            cls.error_code = code
 
-class ConfigError(DmPipelineError):
+
+class ConfigError(DmPipelineError, code="config_error"):
     """Bad configuration: the message names the file, the key and the fix."""
 
-    error_code = "config_error"
+
+class DatabaseUnavailable(DmPipelineError, code="database_unavailable"):
+    """Postgres (the warehouse or Dagster's storage) does not answer."""
 
 
-class DatabaseUnavailable(DmPipelineError):
-    error_code = "database_unavailable"
-
-
-class ProviderError(DmPipelineError):
+class ProviderError(DmPipelineError, code="provider_error"):
     """A provider answered with something we cannot use. `error_code` lands in the audit row."""
 
-    error_code = "provider_error"
     retryable = False
 
     def __init__(self, message: str, *, http_status: int | None = None, error_code: str | None = None,
@@ -53,10 +57,9 @@ class ProviderError(DmPipelineError):
             self.error_code = clean_code(error_code)
 
 
-class TransientProviderError(ProviderError):
+class TransientProviderError(ProviderError, code="transient"):
     """429, 503, connection errors and timeouts: the only failures worth retrying."""
 
-    error_code = "transient"
     retryable = True
 
     def __init__(self, message: str, *, wait_hint_s: float | None = None, **kw: object) -> None:
@@ -64,38 +67,32 @@ class TransientProviderError(ProviderError):
         self.wait_hint_s = wait_hint_s
 
 
-class RateLimited(ProviderError):
+class RateLimited(ProviderError, code="rate_limited"):
     """The wait the provider asks for does not fit the run's budget: park the pass, retry next run."""
-
-    error_code = "rate_limited"
 
     def __init__(self, message: str, *, wait_s: float, **kw: object) -> None:
         super().__init__(message, **kw)  # type: ignore[arg-type]
         self.wait_s = wait_s
 
 
-class AuthError(ProviderError):
-    error_code = "unauthorized"
+class AuthError(ProviderError, code="unauthorized"):
+    """The provider refused the credentials (401)."""
 
 
-class InvalidCursor(ProviderError):
+class InvalidCursor(ProviderError, code="invalid_cursor"):
     """The provider no longer accepts the stored cursor: the pass restarts from the top."""
 
-    error_code = "invalid_cursor"
+
+class MalformedResponse(ProviderError, code="malformed_response"):
+    """The provider answered something that is not its documented JSON."""
 
 
-class MalformedResponse(ProviderError):
-    error_code = "malformed_response"
-
-
-class InvalidIdentifier(DmPipelineError):
+class InvalidIdentifier(DmPipelineError, code="invalid_identifier"):
     """A user or conversation ID that does not match the provider's pattern; never put in a URL."""
 
-    error_code = "invalid_identifier"
 
-
-class CursorLoop(DmPipelineError):
-    error_code = "cursor_loop"
+class CursorLoop(DmPipelineError, code="cursor_loop"):
+    """The provider repeated a pagination cursor: the pass stops rather than loop."""
 
 
 class PageCommitError(Exception):
@@ -117,10 +114,8 @@ class PageCommitError(Exception):
                          "(row values withheld: they hold message text)")
 
 
-class BudgetExhausted(ProviderError):
+class BudgetExhausted(ProviderError, code="budget_exhausted"):
     """The next request could exceed the account's daily budget: park, no request spent."""
-
-    error_code = "budget_exhausted"
 
 
 # Codes that describe the account, not one stream: the first stream that meets one ends the account's run

@@ -118,33 +118,36 @@ class EventRow:
         return int(self.message_id)
 
 
+@dataclass(frozen=True, kw_only=True)
+class _Stored:
+    """A provider object stored as it came (sanitized) with the hash of that content: a re-read whose hash
+    matches writes nothing. Keyword-only, so each subclass's own fields stay first in its constructor."""
+
+    raw: dict[str, Any]
+    content_hash: str
+
+
 @dataclass(frozen=True)
-class QuarantinedEvent:
+class QuarantinedEvent(_Stored):
     """An event that could not become a row: kept in dm_private.dm_quarantine with a typed error code."""
 
     provider_event_id: str | None
     error_code: str           # missing_required_field, invalid_id, wrong_type, not_an_object
     reason: str               # fixed wording naming the field, never a value
-    raw: dict[str, Any]
-    content_hash: str
 
 
 @dataclass(frozen=True)
-class UserRow:
+class UserRow(_Stored):
     user_id: str
     username: str | None
     name: str | None
-    raw: dict[str, Any]
-    content_hash: str
 
 
 @dataclass(frozen=True)
-class ConversationRow:
+class ConversationRow(_Stored):
     conversation_id: str
     conversation_type: str | None
     participant_ids: tuple[str, ...]
-    raw: dict[str, Any]
-    content_hash: str
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,13 @@ from datetime import datetime
 
 from sqlalchemy import Engine, text
 
+
+def _api_key_help(provider: str) -> tuple[str, str]:
+    """A billed provider's 401 for its API key: the same meaning and fix for each."""
+    return (f"{provider}: the API key is missing or invalid (401)",
+            f"export the key from the {provider} dashboard under the account's `token_env`")
+
+
 # code -> (what it means, how to fix it). Keep in step with README.md "Troubleshooting".
 ERROR_HELP: dict[str, tuple[str, str]] = {
     # X API v2
@@ -56,8 +63,7 @@ ERROR_HELP: dict[str, tuple[str, str]] = {
                        "nothing usually: the next run restarts the pass from the top (dedupe absorbs overlap)"),
     # Xquik
     "account_required": ("Xquik: no connected account was passed (`account`)", "set `handle` for the account"),
-    "unauthenticated": ("Xquik: the API key is missing or invalid (401)",
-                        "export the key from the Xquik dashboard under the account's `token_env`"),
+    "unauthenticated": _api_key_help("Xquik"),
     "no_subscription": ("Xquik: no active subscription (402)", "subscribe on the Xquik dashboard"),
     "subscription_inactive": ("Xquik: the subscription is inactive (402)", "renew it on the Xquik dashboard"),
     "no_credits": ("the provider's credits are spent (402)",
@@ -79,8 +85,7 @@ ERROR_HELP: dict[str, tuple[str, str]] = {
     "invalid_tab": ("GetXAPI: an inbox tab was refused", "use tabs among all, requests, hidden"),
     "invalid_auth_token": ("GetXAPI: the account's auth_token cookie is invalid or expired (401)",
                            "copy a fresh auth_token cookie from the account's x.com session and export it"),
-    "invalid_api_key": ("GetXAPI: the API key is missing or invalid (401)",
-                        "export the key from the GetXAPI dashboard under the account's `token_env`"),
+    "invalid_api_key": _api_key_help("GetXAPI"),
     # the engine
     "cursor_loop": ("the provider repeated a pagination cursor", "nothing to repair: committed pages are kept; "
                     "report it to the provider if it persists"),

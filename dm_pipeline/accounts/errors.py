@@ -81,6 +81,31 @@ def _env_fix(field: str) -> tuple[str, str]:
     return _ENV_MUST, f"write e.g. `{field}: {name}` and `export {name}=…`"
 
 
+_URL = "an http:// or https:// URL"
+
+
+def _url_fix(default: str) -> tuple[str, str]:
+    """An optional URL key: what it must be, and the `default` used without it."""
+    return _URL, f"leave it out to use {default}"
+
+
+# list field -> (what the list must be, what one item must be, how to fix either): a wrong item and a wrong list
+# get the same fix
+_LISTS: dict[str, tuple[str, str, str]] = {
+    "partners": ("a list of X usernames (letters, digits, '_', at most 15; '@' optional) or numeric user IDs",
+                 "an X username (letters, digits, '_', at most 15; with or without '@') or a numeric user ID",
+                 "e.g. `partners: [some_user, \"1234567890\"]`"),
+    "ids": ("a list of X DM conversation IDs: '<smaller user ID>-<larger user ID>' for a one-to-one "
+            "conversation, or 15-19 digits for a group",
+            "an X DM conversation ID: '<smaller user ID>-<larger user ID>' for a one-to-one conversation, or "
+            "15-19 digits for a group", "e.g. `ids: [\"1234567890-9876543210\"]`"),
+    "participants": ("a list of numeric X user IDs (quoted)", "a numeric X user ID (quoted)",
+                     "e.g. `participants: [\"1234567890\"]`"),
+    "tabs": ("a non-empty list of GetXAPI inbox tabs: all, requests, hidden",
+             "a GetXAPI inbox tab: all, requests or hidden", "e.g. `tabs: [all, requests]`"),
+    "accounts": ("a list of account entries, each starting with `- key: …`", "an account entry", f"see {EXAMPLE}"),
+}
+
 # field name -> (what the value must be, how to fix it)
 FIELDS: dict[str, tuple[str, str]] = {
     "key": ("a partition key: lower-case letters, digits, '.', '_' or '-', starting with a letter or digit, "
@@ -88,7 +113,7 @@ FIELDS: dict[str, tuple[str, str]] = {
     "provider": ("one of x, xquik, getxapi (x is the official X API v2)", "e.g. `provider: x`"),
     "user_id": ("the connected account's numeric X user ID (1-19 digits), quoted",
                 "look it up (X: `GET /2/users/by/username/:username`) and write e.g. `user_id: \"1234567890\"`"),
-    "base_url": ("an http:// or https:// URL with a host",
+    "base_url": (f"{_URL} with a host",
                  "e.g. https://api.x.com (X), https://xquik.com/api/v1 (Xquik), https://api.getxapi.com (GetXAPI)"),
     **{f: _env_fix(f) for f in _ENV_EXAMPLES},
     "page_size": ("a whole number of events per page from 1 to 100", "e.g. `page_size: 100` (the default)"),
@@ -96,15 +121,10 @@ FIELDS: dict[str, tuple[str, str]] = {
                            "e.g. `poll_backoff_after: 2` (the default)"),
     "handle": ("the connected account's X handle without '@' (letters, digits, '_', at most 15)",
                "e.g. `handle: support_team`"),
-    "partners": ("a list of X usernames (letters, digits, '_', at most 15; '@' optional) or numeric user IDs",
-                 "e.g. `partners: [some_user, \"1234567890\"]`"),
-    "ids": ("a list of X DM conversation IDs: '<smaller user ID>-<larger user ID>' for a one-to-one "
-            "conversation, or 15-19 digits for a group", "e.g. `ids: [\"1234567890-9876543210\"]`"),
-    "participants": ("a list of numeric X user IDs (quoted)", "e.g. `participants: [\"1234567890\"]`"),
+    **{f: (whole, fix) for f, (whole, _, fix) in _LISTS.items()},
     "discover": ("true or false", "e.g. `discover: true`"),
-    "tabs": ("a non-empty list of GetXAPI inbox tabs: all, requests, hidden", "e.g. `tabs: [all, requests]`"),
-    "token_url": ("an http:// or https:// URL", "leave it out to use <base_url>/2/oauth2/token"),
-    "authorize_url": ("an http:// or https:// URL", "leave it out to use https://x.com/i/oauth2/authorize"),
+    "token_url": _url_fix("<base_url>/2/oauth2/token"),
+    "authorize_url": _url_fix("https://x.com/i/oauth2/authorize"),
     "redirect_uri": ("the callback URL registered on the X app, e.g. http://127.0.0.1:8976/callback",
                      "leave it out to use http://127.0.0.1:8976/callback (register that on the X app)"),
     "on_upstream_delete": ("keep, mark or erase: what a sweep does with messages the provider no longer returns",
@@ -117,18 +137,9 @@ FIELDS: dict[str, tuple[str, str]] = {
     "oauth": ("a mapping with `client_id_env` and optionally `refresh_token_env`, `client_secret_env`, `token_url`, "
               "`authorize_url`, `redirect_uri`",
               f"see the X entries of {EXAMPLE}"),
-    "accounts": ("a list of account entries, each starting with `- key: …`", f"see {EXAMPLE}"),
 }
 # one item of a list field
-ITEMS: dict[str, tuple[str, str]] = {
-    "partners": ("an X username (letters, digits, '_', at most 15; with or without '@') or a numeric user ID",
-                 "e.g. `partners: [some_user, \"123\"]`"),
-    "ids": ("an X DM conversation ID: '<smaller user ID>-<larger user ID>' for a one-to-one conversation, or "
-            "15-19 digits for a group", "e.g. `ids: [\"1234567890-9876543210\"]`"),
-    "participants": ("a numeric X user ID (quoted)", "e.g. `participants: [\"1234567890\"]`"),
-    "tabs": ("a GetXAPI inbox tab: all, requests or hidden", "e.g. `tabs: [all, requests]`"),
-    "accounts": ("an account entry", f"see {EXAMPLE}"),
-}
+ITEMS: dict[str, tuple[str, str]] = {f: (item, fix) for f, (_, item, fix) in _LISTS.items()}
 _SECRET_FIELDS = {"token_env", "auth_token_env", "ct0_env", "twid_env", "client_id_env", "refresh_token_env",
                   "client_secret_env"}
 _SAFE_TO_ECHO = {"user_id", "provider", "key", "handle", "page_size", "tabs", "partners", "ids", "participants",

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -30,6 +31,21 @@ def _seconds(v: Any) -> int:
     """A duration (whole seconds, or a number with s, m, h or d) in seconds; -1 when it is not one."""
     m = _DURATION.match(str(v)) if isinstance(v, (int, str)) and not isinstance(v, bool) else None
     return int(m.group(1)) * _UNIT_S[m.group(2).lower()] if m else -1
+
+
+_DURATION_FORMS = "whole seconds, or a number with s, m, h or d"  # what `_seconds` reads
+
+
+def _duration_s(key: str, v: Any, allowed: Callable[[int], bool], must: str, fix: str, *,
+                optional: bool = False) -> int | None:
+    """A duration key's value in seconds (an `optional` key's None stays None: the default applies later);
+    else a ValueError naming the key, what it `must` be and the fix."""
+    if optional and v is None:
+        return None
+    seconds = _seconds(v)
+    if not allowed(seconds):
+        raise ValueError(f"`{key}` {str(v)[:60]!r} is not {must}. Fix: {fix}")
+    return seconds
 
 
 def _whole(value: Any) -> int | None:
@@ -109,24 +125,16 @@ class AccountEntry(BaseModel):
     @field_validator("max_poll_interval", mode="before")
     @classmethod
     def _duration(cls, v: Any) -> Any:
-        seconds = _seconds(v)
-        if not 0 <= seconds <= MAX_POLL_INTERVAL_S:
-            raise ValueError(f"`max_poll_interval` {str(v)[:60]!r} is not a duration from 0 to 7 days: whole "
-                             "seconds, or a number with s, m, h or d (0 disables the backoff). Fix: e.g. "
-                             "`max_poll_interval: 30m` (the default is 1h)")
-        return seconds
+        return _duration_s("max_poll_interval", v, lambda s: 0 <= s <= MAX_POLL_INTERVAL_S,
+                           f"a duration from 0 to 7 days: {_DURATION_FORMS} (0 disables the backoff)",
+                           "e.g. `max_poll_interval: 30m` (the default is 1h)")
 
     @field_validator("sweep_interval", mode="before")
     @classmethod
     def _sweep_interval(cls, v: Any) -> Any:
-        if v is None:
-            return None
-        seconds = _seconds(v)
-        if not (seconds == 0 or 3600 <= seconds <= 365 * 86400):
-            raise ValueError(f"`sweep_interval` {str(v)[:60]!r} is not 0 (no sweeps) or a duration from 1 hour to "
-                             "365 days: whole seconds, or a number with s, m, h or d. Fix: e.g. `sweep_interval: "
-                             "7d` (the default for x), or 0")
-        return seconds
+        return _duration_s("sweep_interval", v, lambda s: s == 0 or 3600 <= s <= 365 * 86400,
+                           f"0 (no sweeps) or a duration from 1 hour to 365 days: {_DURATION_FORMS}",
+                           "e.g. `sweep_interval: 7d` (the default for x), or 0", optional=True)
 
     @model_validator(mode="after")
     def _provider_keys(self) -> AccountEntry:

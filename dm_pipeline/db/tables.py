@@ -3,16 +3,20 @@ guards that the two never drift."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
     Column,
+    Date,
     DateTime,
     Index,
     Integer,
     LargeBinary,
     MetaData,
+    SmallInteger,
     Table,
     Text,
     UniqueConstraint,
@@ -20,6 +24,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.schema import SchemaItem
 
 PRIVATE = "dm_private"
 AUDIT = "dm_audit"
@@ -33,215 +38,292 @@ metadata = MetaData(naming_convention={
 
 _now = func.now()
 
-dm_history = Table(
-    "dm_history", metadata,
-    Column("account_key", Text, primary_key=True),
-    Column("message_id", Text, primary_key=True),
-    Column("provider", Text, nullable=False),
-    Column("stream_key", Text, nullable=False),
+
+def _table(name: str, *items: SchemaItem, schema: str = PRIVATE) -> Table:
+    return Table(name, metadata, *items, schema=schema)
+
+
+# The column kinds the tables share, each spelled once (the dm_sync_audit tables still spell theirs out).
+def _key(name: str) -> Column[Any]:
+    return Column(name, Text, primary_key=True)
+
+
+def _serial(name: str) -> Column[Any]:
+    return Column(name, BigInteger, primary_key=True, autoincrement=True)
+
+
+def _required(name: str, type_: Any = Text, **kw: Any) -> Column[Any]:
+    return Column(name, type_, nullable=False, **kw)
+
+
+def _time(name: str) -> Column[Any]:
+    """Every time the schema stores is an instant (timestamptz)."""
+    return Column(name, DateTime(timezone=True))
+
+
+def _stamp(name: str) -> Column[Any]:
+    """When Postgres wrote the row, by its own clock."""
+    return Column(name, DateTime(timezone=True), nullable=False, server_default=_now)
+
+
+def _count(name: str) -> Column[Any]:
+    return Column(name, Integer, nullable=False, server_default=text("0"))
+
+
+def _flag(name: str) -> Column[Any]:
+    return Column(name, Boolean, nullable=False, server_default=text("false"))
+
+
+def _text_list(name: str) -> Column[Any]:
+    """Empty, never NULL: `= ANY(...)` and array_length need no NULL case."""
+    return Column(name, ARRAY(Text), nullable=False, server_default=text("'{}'"))
+
+
+dm_history = _table(
+    "dm_history",
+    _key("account_key"),
+    _key("message_id"),
+    _required("provider"),
+    _required("stream_key"),
     Column("conversation_id", Text),
-    Column("event_type", Text, nullable=False),
+    _required("event_type"),
     Column("sender_id", Text),
     Column("recipient_id", Text),
-    Column("participant_ids", ARRAY(Text), nullable=False, server_default=text("'{}'")),
-    Column("created_at", DateTime(timezone=True)),
+    _text_list("participant_ids"),
+    _time("created_at"),
     Column("text", Text),
     Column("media", JSONB(none_as_null=True)),  # SQL NULL, not JSON null: `media IS NULL` works
     Column("referenced_tweets", JSONB(none_as_null=True)),
     Column("reply_to_message_id", Text),
-    Column("edit_count", Integer, nullable=False, server_default=text("0")),
-    Column("raw", JSONB, nullable=False),
-    Column("sanitized", Boolean, nullable=False, server_default=text("false")),
+    _count("edit_count"),
+    _required("raw", JSONB),
+    _flag("sanitized"),
     # What the normalizer had to do to store the event: nul_replaced, surrogate_replaced,
     # invalid_created_at, missing_created_at, coerced_types, large_text. Empty for clean events.
-    Column("flags", ARRAY(Text), nullable=False, server_default=text("'{}'")),
-    Column("content_hash", Text, nullable=False),
-    Column("first_seen_run_id", Text, nullable=False),
-    Column("last_changed_run_id", Text, nullable=False),
-    Column("first_seen_at", DateTime(timezone=True), nullable=False, server_default=_now),
-    Column("last_changed_at", DateTime(timezone=True), nullable=False, server_default=_now),
+    _text_list("flags"),
+    _required("content_hash"),
+    _required("first_seen_run_id"),
+    _required("last_changed_run_id"),
+    _stamp("first_seen_at"),
+    _stamp("last_changed_at"),
     # A sweep of a full-history stream found the event missing upstream (first seen missing); NULL: live.
-    Column("deleted_upstream_at", DateTime(timezone=True)),
-    schema=PRIVATE,
+    _time("deleted_upstream_at"),
 )
 
-sync_state = Table(
-    "sync_state", metadata,
-    Column("account_key", Text, primary_key=True),
-    Column("stream_key", Text, primary_key=True),
-    Column("provider", Text, nullable=False),
-    Column("endpoint", Text, nullable=False),
+sync_state = _table(
+    "sync_state",
+    _key("account_key"),
+    _key("stream_key"),
+    _required("provider"),
+    _required("endpoint"),
     Column("high_water_id", Text),
     # An in-progress pass (docs/architecture.md §2): started_at IS NOT NULL means one is open.
-    Column("pass_started_at", DateTime(timezone=True)),
+    _time("pass_started_at"),
     Column("pass_cursor", Text),
     Column("pass_stop_id", Text),
     Column("pass_newest_id", Text),
-    Column("pass_pages", Integer, nullable=False, server_default=text("0")),
-    Column("pass_sweep", Boolean, nullable=False, server_default=text("false")),
-    Column("last_success_at", DateTime(timezone=True)),
+    _count("pass_pages"),
+    _flag("pass_sweep"),
+    _time("last_success_at"),
     Column("last_status", Text),
     Column("last_error_code", Text),
-    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=_now),
+    _stamp("updated_at"),
     # A pass reached the start of the stream once (an X conversation stream may then go dormant).
-    Column("history_complete", Boolean, nullable=False, server_default=text("false")),
+    _flag("history_complete"),
     # Start of the last successful pass: every event created before it (within the window) was seen.
-    Column("covered_at", DateTime(timezone=True)),
+    _time("covered_at"),
     # Billed providers: consecutive passes that found nothing new, and when the stream is due again.
-    Column("empty_polls", Integer, nullable=False, server_default=text("0")),
-    Column("next_poll_at", DateTime(timezone=True)),
+    _count("empty_polls"),
+    _time("next_poll_at"),
     # Runs in a row that parked the open pass without storing anything (endless distinct cursors).
-    Column("pass_stale_runs", Integer, nullable=False, server_default=text("0")),
-    Column("last_sweep_at", DateTime(timezone=True)),  # the last completed sweep pass
-    schema=PRIVATE,
+    _count("pass_stale_runs"),
+    _time("last_sweep_at"),  # the last completed sweep pass
 )
 
-account_state = Table(
-    "account_state", metadata,
+account_state = _table(
+    "account_state",
     # One rate-limit state per account, shared by its streams and by concurrent processes.
-    Column("account_key", Text, primary_key=True),
-    Column("provider", Text, nullable=False),
+    _key("account_key"),
+    _required("provider"),
     Column("rl_limit", Integer),
     Column("rl_remaining", Integer),
-    Column("rl_reset_at", DateTime(timezone=True)),
-    Column("limited_until", DateTime(timezone=True)),   # no request before this (429 Retry-After or window)
-    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=_now),
-    schema=PRIVATE,
+    _time("rl_reset_at"),
+    _time("limited_until"),   # no request before this (429 Retry-After or window)
+    _stamp("updated_at"),
 )
 
-oauth_tokens = Table(
-    "oauth_tokens", metadata,
-    Column("account_key", Text, primary_key=True),
-    Column("provider", Text, nullable=False),
-    Column("access_token_enc", LargeBinary, nullable=False),
+oauth_tokens = _table(
+    "oauth_tokens",
+    _key("account_key"),
+    _required("provider"),
+    _required("access_token_enc", LargeBinary),
     Column("refresh_token_enc", LargeBinary),
-    Column("expires_at", DateTime(timezone=True)),
-    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=_now),
-    Column("refresh_rejected_at", DateTime(timezone=True)),  # the stored refresh token is never posted again
-    Column("scope", Text),                                   # as X granted it (space-separated)
-    Column("authorized_at", DateTime(timezone=True)),        # stored by `accounts connect`
-    Column("last_refreshed_at", DateTime(timezone=True)),    # last rotated by a refresh
-    schema=PRIVATE,
+    _time("expires_at"),
+    _stamp("updated_at"),
+    _time("refresh_rejected_at"),  # the stored refresh token is never posted again
+    Column("scope", Text),         # as X granted it (space-separated)
+    _time("authorized_at"),        # stored by `accounts connect`
+    _time("last_refreshed_at"),    # last rotated by a refresh
 )
 
 dm_sync_audit = Table(
     "dm_sync_audit", metadata,
-    Column("audit_id", BigInteger, primary_key=True, autoincrement=True),
-    Column("run_id", Text, nullable=False),
-    Column("account_key", Text, nullable=False),
-    Column("provider", Text, nullable=False),
-    Column("stream_key", Text, nullable=False),
-    Column("endpoint", Text),
-    Column("row_kind", Text, nullable=False),      # 'page' (one per page fetched) or 'job' (terminal status)
-    Column("page_seq", Integer),
-    Column("cursor_in", Text),
-    Column("cursor_out", Text),
-    Column("has_next_page", Boolean),
-    Column("http_status", Integer),
+    # Range-partitioned by UTC month on finished_at, with a DEFAULT partition (migration 0009,
+    # db/audit_partitions.py). No primary key: on a partitioned table it must include finished_at, and
+    # (audit_id, finished_at) would cost 31 bytes a row that no query reads; audit_id is unique by its
+    # sequence. Fixed-width columns first (8, 4, 2, 1 bytes), then variable ones: no alignment padding. The
+    # rare counters are NULL rather than 0. A no-op tick's row: docs/architecture.md §14.
+    Column("audit_id", BigInteger, nullable=False,
+           server_default=text("nextval('dm_audit.dm_sync_audit_audit_id_seq'::regclass)")),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True), nullable=False, server_default=_now),
+    Column("retry_at", DateTime(timezone=True)),  # a parked stream: when the account is tried again
+    # A job row's requests, cost and events_received are its stream run's totals; a page row's, the page's.
     Column("requests", Integer, nullable=False, server_default=text("0")),
+    # What the provider bills: X requests, Xquik credits, GetXAPI calls.
+    Column("cost", Integer, nullable=False, server_default=text("0")),
     Column("events_received", Integer, nullable=False, server_default=text("0")),
     Column("events_inserted", Integer, nullable=False, server_default=text("0")),
     Column("events_updated", Integer, nullable=False, server_default=text("0")),
-    Column("events_quarantined", Integer, nullable=False, server_default=text("0")),
-    Column("message_ids", ARRAY(Text), nullable=False, server_default=text("'{}'")),
-    Column("media_refs", ARRAY(Text), nullable=False, server_default=text("'{}'")),
-    Column("newest_id", Text),
-    Column("oldest_id", Text),
-    Column("job_status", Text, nullable=False),
-    Column("error_code", Text),
-    Column("gap_suspected", Boolean, nullable=False, server_default=text("false")),
-    Column("credits", Integer, nullable=False, server_default=text("0")),  # Xquik: 1 per message returned
-    # What the provider bills: X requests, Xquik credits, GetXAPI calls.
-    Column("cost", Integer, nullable=False, server_default=text("0")),
-    Column("partial_errors", Integer, nullable=False, server_default=text("0")),  # 200 `errors` beside data
-    Column("retry_at", DateTime(timezone=True)),  # a parked stream: when the account is tried again
+    Column("page_seq", Integer),
+    # NULL means 0. Xquik: 1 credit per message returned; a job row holds those of the pages folded into it.
+    Column("credits", Integer),
+    Column("events_quarantined", Integer),
+    Column("partial_errors", Integer),  # 200 `errors` beside data
     # Sweeps: events found missing upstream (marked), seen again (restored), content erased by policy.
-    Column("events_marked_deleted", Integer, nullable=False, server_default=text("0")),
-    Column("events_restored", Integer, nullable=False, server_default=text("0")),
-    Column("events_erased", Integer, nullable=False, server_default=text("0")),
-    Column("started_at", DateTime(timezone=True), nullable=False),
-    Column("finished_at", DateTime(timezone=True), nullable=False, server_default=_now),
+    Column("events_marked_deleted", Integer),
+    Column("events_restored", Integer),
+    Column("events_erased", Integer),
+    Column("http_status", SmallInteger),
+    # A job row: the pages folded into it (a one-page pass that changed nothing writes no page row).
+    Column("folded_pages", SmallInteger),
+    Column("gap_suspected", Boolean, nullable=False, server_default=text("false")),
+    Column("has_next_page", Boolean),
+    Column("run_id", Text, nullable=False),
+    Column("account_key", Text, nullable=False),
+    Column("provider", Text, nullable=False),
+    Column("stream_key", Text, nullable=False),
+    Column("row_kind", Text, nullable=False),      # 'page' or 'job' (one per stream run: its terminal status)
+    Column("job_status", Text, nullable=False),
+    Column("endpoint", Text),                      # page rows (a job row's stream has it in sync_state)
+    Column("error_code", Text),
+    Column("newest_id", Text),                     # what was seen: the newest and oldest IDs received
+    Column("oldest_id", Text),
+    Column("cursor_in", Text),
+    Column("cursor_out", Text),
+    Column("message_ids", ARRAY(Text)),            # the IDs the page inserted or updated (NULL: none)
+    Column("media_refs", ARRAY(Text)),             # the media of those events
+    # A page of a full walk (first pass, sweep): the IDs it returned that were stored unchanged, so that with
+    # message_ids the walk's pages name every ID it saw: the deletions judge's evidence (§4).
+    Column("unchanged_ids", ARRAY(Text)),
     CheckConstraint("row_kind IN ('page', 'job')", name="row_kind"),
+    schema=AUDIT,
+    postgresql_partition_by="RANGE (finished_at)",
+)
+
+dm_sync_audit_monthly = Table(
+    "dm_sync_audit_monthly", metadata,
+    # One row per account x stream x closed UTC month of the audit, rolled up (db/audit_partitions.py) before
+    # the month's partition may be dropped: counts only. sync_health and the reconciliation check read these
+    # up to the last month rolled up, and the audit rows after it.
+    Column("month", Date, primary_key=True),       # the month's first day (UTC)
+    Column("account_key", Text, primary_key=True),
+    Column("stream_key", Text, primary_key=True),
+    Column("provider", Text, nullable=False),
+    Column("audit_rows", Integer, nullable=False),
+    Column("pages", Integer, nullable=False),      # page rows + pages folded into job rows
+    Column("runs", Integer, nullable=False),       # distinct runs within the month
+    Column("errors", Integer, nullable=False),     # failed jobs + pages with an error code (as sync_health)
+    Column("gap_rows", Integer, nullable=False),
+    Column("last_gap_at", DateTime(timezone=True)),
+    Column("last_page_at", DateTime(timezone=True)),
+    Column("requests", BigInteger, nullable=False),        # job rows' totals
+    Column("cost", BigInteger, nullable=False),
+    Column("credits", BigInteger, nullable=False),
+    Column("events_received", BigInteger, nullable=False),
+    # Rows inserted by the month's pages after the account's last erasure (as of the roll-up): what the
+    # reconciliation check counts.
+    Column("events_inserted", BigInteger, nullable=False),
+    Column("events_updated", BigInteger, nullable=False),
+    Column("first_at", DateTime(timezone=True), nullable=False),
+    Column("last_at", DateTime(timezone=True), nullable=False),
+    Column("rolled_up_at", DateTime(timezone=True), nullable=False, server_default=_now),
     schema=AUDIT,
 )
 
-dm_quarantine = Table(
-    "dm_quarantine", metadata,
+dm_quarantine = _table(
+    "dm_quarantine",
     # Events that could not be normalized (no numeric ID, no type, a field of the wrong type): kept here,
     # private (they may hold text), with a typed error code, instead of being dropped or failing the page.
-    Column("quarantine_id", BigInteger, primary_key=True, autoincrement=True),
-    Column("account_key", Text, nullable=False),
-    Column("provider", Text, nullable=False),
-    Column("stream_key", Text, nullable=False),
+    _serial("quarantine_id"),
+    _required("account_key"),
+    _required("provider"),
+    _required("stream_key"),
     Column("provider_event_id", Text),
-    Column("error_code", Text, nullable=False),
-    Column("reason", Text, nullable=False),
-    Column("raw", JSONB, nullable=False),
-    Column("content_hash", Text, nullable=False),
-    Column("first_seen_run_id", Text, nullable=False),
-    Column("first_seen_at", DateTime(timezone=True), nullable=False, server_default=_now),
+    _required("error_code"),
+    _required("reason"),
+    _required("raw", JSONB),
+    _required("content_hash"),
+    _required("first_seen_run_id"),
+    _stamp("first_seen_at"),
     UniqueConstraint("account_key", "stream_key", "content_hash"),
-    schema=PRIVATE,
 )
 
-dm_users = Table(
-    "dm_users", metadata,
+dm_users = _table(
+    "dm_users",
     # Profiles from X `includes.users`, GetXAPI `users` and Xquik lookups, upserted: last seen wins.
-    Column("provider", Text, primary_key=True),
-    Column("user_id", Text, primary_key=True),
+    _key("provider"),
+    _key("user_id"),
     Column("username", Text),
     Column("name", Text),
-    Column("raw", JSONB, nullable=False),
-    Column("content_hash", Text, nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=_now),
-    schema=PRIVATE,
+    _required("raw", JSONB),
+    _required("content_hash"),
+    _stamp("updated_at"),
 )
 
-dm_conversations = Table(
-    "dm_conversations", metadata,
+dm_conversations = _table(
+    "dm_conversations",
     # GetXAPI conversation metadata per account (type, tab, trust flags, participants).
-    Column("account_key", Text, primary_key=True),
-    Column("conversation_id", Text, primary_key=True),
-    Column("provider", Text, nullable=False),
-    Column("stream_key", Text, nullable=False),
+    _key("account_key"),
+    _key("conversation_id"),
+    _required("provider"),
+    _required("stream_key"),
     Column("conversation_type", Text),
-    Column("participant_ids", ARRAY(Text), nullable=False, server_default=text("'{}'")),
-    Column("raw", JSONB, nullable=False),
-    Column("content_hash", Text, nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=_now),
-    schema=PRIVATE,
+    _text_list("participant_ids"),
+    _required("raw", JSONB),
+    _required("content_hash"),
+    _stamp("updated_at"),
 )
 
-dm_conversation_events = Table(
-    "dm_conversation_events", metadata,
+dm_conversation_events = _table(
+    "dm_conversation_events",
     # Non-message conversation events (GetXAPI `events`: trust changes, joins/leaves), deduplicated.
-    Column("account_key", Text, primary_key=True),
-    Column("event_key", Text, primary_key=True),
-    Column("provider", Text, nullable=False),
+    _key("account_key"),
+    _key("event_key"),
+    _required("provider"),
     Column("conversation_id", Text),
-    Column("event_type", Text, nullable=False),
-    Column("created_at", DateTime(timezone=True)),
-    Column("raw", JSONB, nullable=False),
-    Column("first_seen_run_id", Text, nullable=False),
-    schema=PRIVATE,
+    _required("event_type"),
+    _time("created_at"),
+    _required("raw", JSONB),
+    _required("first_seen_run_id"),
 )
 
-dm_erasures = Table(
-    "dm_erasures", metadata,
+dm_erasures = _table(
+    "dm_erasures",
     # One row per `dm-pipeline erase`: what was deleted, counts only (the erased rows are gone).
-    Column("erasure_id", BigInteger, primary_key=True, autoincrement=True),
-    Column("run_id", Text, nullable=False),
-    Column("account_key", Text, nullable=False),
+    _serial("erasure_id"),
+    _required("run_id"),
+    _required("account_key"),
     Column("provider", Text),
-    Column("requested_by", Text, nullable=False, server_default=text("CURRENT_USER")),
-    Column("history_rows", Integer, nullable=False),
-    Column("conversation_rows", Integer, nullable=False),
-    Column("conversation_event_rows", Integer, nullable=False),
-    Column("quarantine_rows", Integer, nullable=False, server_default=text("0")),
-    Column("token_rows", Integer, nullable=False),
-    Column("sync_state_rows", Integer, nullable=False),
-    Column("audit_rows_redacted", Integer, nullable=False),
-    Column("erased_at", DateTime(timezone=True), nullable=False, server_default=_now),
+    _required("requested_by", server_default=text("CURRENT_USER")),
+    _required("history_rows", Integer),
+    _required("conversation_rows", Integer),
+    _required("conversation_event_rows", Integer),
+    _count("quarantine_rows"),
+    _required("token_rows", Integer),
+    _required("sync_state_rows", Integer),
+    _required("audit_rows_redacted", Integer),
+    _stamp("erased_at"),
     schema=AUDIT,
 )
 
@@ -254,4 +336,13 @@ Index(None, dm_history.c.message_id,
 Index(None, dm_history.c.conversation_id, dm_history.c.created_at)
 Index("ix_dm_history_account_key_utc_day", dm_history.c.account_key, text("((created_at AT TIME ZONE 'UTC')::date)"))
 Index(None, dm_sync_audit.c.account_key, dm_sync_audit.c.stream_key, dm_sync_audit.c.finished_at)
-Index(None, dm_sync_audit.c.run_id)
+Index(None, dm_sync_audit.c.run_id)  # B-tree deduplication: ~10 bytes a row when a run covers many streams
+# Migration 0009: partial indexes a no-op row never enters: a stream's last error (status, sync_health), the
+# suspected gaps (status, sync_health, the gap_suspected check), the pages that inserted rows (reconciliation).
+Index("ix_dm_sync_audit_errors", dm_sync_audit.c.account_key, dm_sync_audit.c.stream_key,
+      dm_sync_audit.c.finished_at, postgresql_where=dm_sync_audit.c.error_code.is_not(None))
+Index("ix_dm_sync_audit_gaps", dm_sync_audit.c.account_key, dm_sync_audit.c.stream_key,
+      dm_sync_audit.c.finished_at, postgresql_where=dm_sync_audit.c.gap_suspected)
+Index("ix_dm_sync_audit_inserts", dm_sync_audit.c.account_key, dm_sync_audit.c.finished_at,
+      postgresql_include=["events_inserted"], postgresql_where=text("row_kind = 'page' AND events_inserted > 0"))
+Index(None, dm_sync_audit_monthly.c.account_key, dm_sync_audit_monthly.c.stream_key, dm_sync_audit_monthly.c.month)

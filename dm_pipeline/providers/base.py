@@ -110,6 +110,13 @@ def unstorable_flags(value: Any) -> set[str]:
     return flags
 
 
+def sanitize_event(event: dict[str, Any]) -> tuple[dict[str, Any], bool, set[str]]:
+    """How every provider's normalizer starts: the event as stored (`sanitize`), whether that changed it, and
+    the flags naming what it replaced, which the field readers below add to."""
+    raw, dirty = sanitize(event)
+    return raw, dirty, unstorable_flags(event) if dirty else set()
+
+
 class BadEvent(Exception):
     """One event of a page cannot become a row; it is quarantined and the rest of the page goes on."""
 
@@ -178,8 +185,8 @@ def normalize_all(items: Any, normalize: Callable[[dict[str, Any]], EventRow]
     for item in items:
         if not isinstance(item, dict):
             raw, _ = sanitize({"value": item})
-            quarantined.append(QuarantinedEvent(None, "not_an_object", "the event is not a JSON object", raw,
-                                                content_hash(raw)))
+            quarantined.append(QuarantinedEvent(None, "not_an_object", "the event is not a JSON object", raw=raw,
+                                                content_hash=content_hash(raw)))
             continue
         try:
             events.append(normalize(item))
@@ -187,13 +194,13 @@ def normalize_all(items: Any, normalize: Callable[[dict[str, Any]], EventRow]
             raw, _ = sanitize(item)
             pid = raw.get("id")
             quarantined.append(QuarantinedEvent(str(pid)[:64] if isinstance(pid, str | int) else None,
-                                                exc.error_code, exc.reason, raw, content_hash(raw)))
+                                                exc.error_code, exc.reason, raw=raw, content_hash=content_hash(raw)))
         except RecursionError:
             # Nested deeper than Python (and Postgres) can walk: kept as a placeholder, never re-walked.
             pid = item.get("id")
             raw = {"id": pid[:64] if isinstance(pid, str) else None, "unstorable": "nested too deeply"}
-            quarantined.append(QuarantinedEvent(raw["id"], "too_deep", "the event is nested too deeply", raw,
-                                                content_hash(raw)))
+            quarantined.append(QuarantinedEvent(raw["id"], "too_deep", "the event is nested too deeply", raw=raw,
+                                                content_hash=content_hash(raw)))
     return events, quarantined
 
 

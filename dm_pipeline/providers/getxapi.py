@@ -24,9 +24,9 @@ from dm_pipeline.providers.base import (
     normalize_all,
     parse_timestamp,
     sanitize,
+    sanitize_event,
     text_field,
     time_field,
-    unstorable_flags,
     user_row,
 )
 
@@ -52,8 +52,7 @@ def map_error(response: httpx.Response) -> ProviderError:
 
 
 def normalize_message(message: dict[str, Any]) -> EventRow:
-    raw, dirty = sanitize(message)
-    flags = unstorable_flags(message) if dirty else set()
+    raw, dirty, flags = sanitize_event(message)
     mid = id_field(raw, "id", flags, required=True) or ""
     media = raw.get("media")
     shared = raw.get("shared_tweet")

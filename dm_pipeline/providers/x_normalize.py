@@ -20,9 +20,9 @@ from dm_pipeline.providers.base import (
     id_field,
     normalize_all,
     sanitize,
+    sanitize_event,
     text_field,
     time_field,
-    unstorable_flags,
     user_row,
 )
 
@@ -94,8 +94,7 @@ def normalize_event(event: dict[str, Any], includes: dict[str, Any] | IncludesIn
     quarantined) when it has no numeric `id`, no `event_type`, or a field of an unusable type. A 2.167-shaped
     event is stored in 2.159's shape (`canonical_event`)."""
     event = canonical_event(event)
-    raw, dirty = sanitize(event)
-    flags = unstorable_flags(event) if dirty else set()
+    raw, dirty, flags = sanitize_event(event)
     message_id = id_field(raw, "id", flags, required=True)
     event_type = raw.get("event_type")
     if not isinstance(event_type, str) or not event_type:

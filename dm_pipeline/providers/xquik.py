@@ -23,10 +23,9 @@ from dm_pipeline.providers.base import (
     content_hash,
     id_field,
     normalize_all,
-    sanitize,
+    sanitize_event,
     text_field,
     time_field,
-    unstorable_flags,
     user_row,
     validate_id,
 )
@@ -56,8 +55,7 @@ def conversation_id(a: str, b: str) -> str:
 
 
 def normalize_message(message: dict[str, Any], account_user_id: str, partner_id: str) -> EventRow:
-    raw, dirty = sanitize(message)
-    flags = unstorable_flags(message) if dirty else set()
+    raw, dirty, flags = sanitize_event(message)
     mid = id_field(raw, "id", flags, required=True) or ""
     media_url = raw.get("mediaUrl")
     media = [{"url": media_url}] if isinstance(media_url, str) and media_url else None

@@ -52,17 +52,13 @@ class SimHost(Protocol):
     """What the control endpoints drive: `server.Simulator`, which imports this module (never the reverse)."""
 
     xquik_credits: int
+    world: World
+    faults: Faults
+    x: XApi
+    xquik: XquikApi
+    oauth: OAuthServer
 
-    @property
-    def world(self) -> World: ...
-    @property
-    def faults(self) -> Faults: ...
-    @property
-    def x(self) -> XApi: ...
-    @property
-    def xquik(self) -> XquikApi: ...
-    @property
-    def oauth(self) -> OAuthServer: ...
+    # Read-only: a property member accepts the server's own RateLimiter (a settable one would demand Limiter).
     @property
     def limiter(self) -> Limiter: ...
     @property

@@ -195,3 +195,26 @@ def body_fault_reply(fault: Fault, malformed: bytes) -> Reply:
     page = (f"<html><head><title>{status} Error</title></head><body><h1>{status}</h1>"
             "<p>The server encountered a temporary error.</p></body></html>")
     return Reply(status, body=page.encode(), content_type="text/html; charset=utf-8")
+
+
+class ErrorFieldHooks:
+    """The server's hooks (`server.ProviderApi`) for a provider whose every error body is `{"error": <text>}`
+    and that sends no rate-limit headers (GetXAPI, Xquik): only the texts differ, so they are class data."""
+
+    rate_headers = False
+    unauthorized_error: str     # 401
+    rate_limited_error: str     # 429
+    not_found_error: str        # 404, a path no route serves
+    malformed_body: bytes       # the `malformed_json` fault: the provider's JSON cut short
+
+    def unauthorized(self, ctx: Ctx) -> Reply:
+        return Reply(401, {"error": self.unauthorized_error})
+
+    def rate_limited(self, ctx: Ctx) -> Reply:
+        return Reply(429, {"error": self.rate_limited_error})
+
+    def not_found(self) -> Reply:
+        return Reply(404, {"error": self.not_found_error})
+
+    def malformed(self) -> bytes:
+        return self.malformed_body

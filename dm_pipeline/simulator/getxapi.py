@@ -38,7 +38,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from dm_pipeline.simulator.faults import COMMON, PAGING, Ctx, Fault, Reply, Route
+from dm_pipeline.simulator.faults import COMMON, PAGING, Ctx, ErrorFieldHooks, Fault, Reply, Route
 from dm_pipeline.simulator.paging import CursorCodec, bend, bend_items
 from dm_pipeline.simulator.world import (
     MESSAGE_CREATE,
@@ -85,10 +85,13 @@ def user_obj(u: SimUser) -> dict[str, Any]:
             "is_blue_verified": u.verified, "protected": u.protected}
 
 
-class GetXApi:
+class GetXApi(ErrorFieldHooks):
     name = "getxapi"
     prefix = PREFIX
-    rate_headers = False
+    unauthorized_error = INVALID_API_KEY
+    rate_limited_error = "Rate limit exceeded"
+    not_found_error = "Not found"
+    malformed_body = b'{"userId":"1","tab":"all","messages":[{"id":"1","text":"unterminated'
 
     def __init__(self, world: World) -> None:
         self.world = world
@@ -111,18 +114,6 @@ class GetXApi:
             ctx.user_id = self.world.account_for_auth_token(token) if isinstance(token, str) else None
             ctx.log_query = {k: str(ctx.data[k]) for k in ("tab", "cursor", "count") if k in ctx.data}
         return True
-
-    def unauthorized(self, ctx: Ctx) -> Reply:
-        return error(401, INVALID_API_KEY)
-
-    def rate_limited(self, ctx: Ctx) -> Reply:
-        return error(429, "Rate limit exceeded")
-
-    def not_found(self) -> Reply:
-        return error(404, "Not found")
-
-    def malformed(self) -> bytes:
-        return b'{"userId":"1","tab":"all","messages":[{"id":"1","text":"unterminated'
 
     def fault_reply(self, fault: Fault, ctx: Ctx) -> Reply:
         replies = {"429": (429, "Rate limit exceeded"), "503": (503, "Service temporarily unavailable"),

@@ -18,29 +18,15 @@ from datetime import datetime, timedelta
 from itertools import islice
 from typing import Any
 
-from dm_pipeline.simulator.model import (
-    MESSAGE_CREATE,
-    PARTICIPANTS_JOIN,
-    PARTICIPANTS_LEAVE,
-    ROUTE_WINDOW_DAYS,
-    TABS,
-    TRUST_CONVERSATION,
-    SimConversation,
-    SimEvent,
-    SimMedia,
-    SimTweet,
-    SimUser,
-    WindowPage,
-    snowflake,
-    to_ms,
-)
+import dm_pipeline.simulator.model as model
 
 XQUIK_KEY = "sim-xquik-key"
 GETXAPI_KEY = "sim-getxapi-key"
 
 
 _STREAMS = ("dm_events", "dm_conversation", "dm_conversation_with", "xquik", "getxapi", "getxapi_events")
-_GETXAPI_EVENT_TYPES = frozenset({PARTICIPANTS_JOIN, PARTICIPANTS_LEAVE, TRUST_CONVERSATION})
+_GETXAPI_EVENT_TYPES = frozenset({model.PARTICIPANTS_JOIN, model.PARTICIPANTS_LEAVE, model.TRUST_CONVERSATION})
+_MESSAGES_ONLY = frozenset({model.MESSAGE_CREATE})
 
 
 class NotVisible(LookupError):
@@ -69,31 +55,31 @@ class WorldStore:
     _rng: random.Random
     _last_ms: int
     _seq: int
-    _users: dict[str, SimUser]
+    _users: dict[str, model.SimUser]
     _user_order: list[str]
     _accounts: list[str]
     _tokens: dict[str, str]
-    _convs: dict[str, SimConversation]
-    _convs_of: dict[str, list[SimConversation]]
-    _conv_picks: dict[str, list[SimConversation]]   # weighted pick lists per account
-    _events: dict[int, SimEvent]
+    _convs: dict[str, model.SimConversation]
+    _convs_of: dict[str, list[model.SimConversation]]
+    _conv_picks: dict[str, list[model.SimConversation]]  # weighted pick lists per account
+    _events: dict[int, model.SimEvent]
     _by_account: dict[str, list[int]]               # ascending snowflakes
     _by_conv: dict[str, list[int]]                  # ascending snowflakes per conversation
     _tabs: dict[str, dict[str, str]]                # account -> conversation -> GetXAPI tab
-    _trust: dict[int, SimEvent]                     # GetXAPI trust events (not X events)
+    _trust: dict[int, model.SimEvent]               # GetXAPI trust events (not X events)
     _trust_of: dict[tuple[str, str], int]           # (account, conversation) -> trust event
-    _media: dict[str, SimMedia]
-    _tweets: dict[str, SimTweet]
+    _media: dict[str, model.SimMedia]
+    _tweets: dict[str, model.SimTweet]
     _texts: list[str]
 
     # --- lookups ------------------------------------------------------------------------------
     def accounts(self) -> list[str]:
         return list(self._accounts)
 
-    def users(self) -> list[SimUser]:
+    def users(self) -> list[model.SimUser]:
         return [self._users[u] for u in self._user_order]
 
-    def user(self, user_id: str) -> SimUser:
+    def user(self, user_id: str) -> model.SimUser:
         return self._users[user_id]
 
     def token_for(self, user_id: str) -> str:
@@ -104,7 +90,7 @@ class WorldStore:
     def account_for_token(self, token: str) -> str | None:
         return self._tokens.get(token)
 
-    def user_by_username(self, username: str) -> SimUser | None:
+    def user_by_username(self, username: str) -> model.SimUser | None:
         """Case-insensitive, as X handles are."""
         name = username.lower()
         return next((u for u in self._users.values() if u.username.lower() == name), None)
@@ -140,7 +126,7 @@ class WorldStore:
     def account_for_auth_token(self, auth_token: str) -> str | None:
         return next((a for a in self._accounts if self.getxapi_auth_token(a) == auth_token), None)
 
-    def one_to_one(self, user_id: str, peer_id: str) -> SimConversation | None:
+    def one_to_one(self, user_id: str, peer_id: str) -> model.SimConversation | None:
         """The account's 1:1 conversation with `peer_id`, if they have one."""
         lo, hi = sorted((user_id, peer_id), key=lambda u: (len(u), u))
         conv = self._convs.get(f"{lo}-{hi}")
@@ -153,31 +139,31 @@ class WorldStore:
     def tab_of(self, user_id: str, conversation_id: str) -> str:
         return self._tabs[user_id][conversation_id]
 
-    def conversations_in_tab(self, user_id: str, tab: str) -> list[SimConversation]:
-        if tab not in TABS:
+    def conversations_in_tab(self, user_id: str, tab: str) -> list[model.SimConversation]:
+        if tab not in model.TABS:
             raise ValueError(f"unknown tab {tab!r}")
         return [c for c in self._convs_of[user_id] if self._tabs[user_id][c.id] == tab]
 
-    def recent(self, conversation_id: str, limit: int, event_type: str | None = None) -> list[SimEvent]:
+    def recent(self, conversation_id: str, limit: int, event_type: str | None = None) -> list[model.SimEvent]:
         """A conversation's newest `limit` events (of `event_type`), newest first."""
         with self.lock:
             found = (self._events[n] for n in reversed(self._by_conv[conversation_id]))
             return list(islice((e for e in found if event_type in (None, e.event_type)), limit))
 
-    def conversations_of(self, user_id: str) -> list[SimConversation]:
+    def conversations_of(self, user_id: str) -> list[model.SimConversation]:
         return list(self._convs_of.get(user_id, []))
 
-    def conversation(self, conversation_id: str) -> SimConversation:
+    def conversation(self, conversation_id: str) -> model.SimConversation:
         return self._convs[conversation_id]
 
-    def event(self, event_id: str | int) -> SimEvent | None:
+    def event(self, event_id: str | int) -> model.SimEvent | None:
         """An X event (trust events are GetXAPI's and not returned)."""
         return self._events.get(int(event_id))
 
-    def media(self, media_key: str) -> SimMedia:
+    def media(self, media_key: str) -> model.SimMedia:
         return self._media[media_key]
 
-    def tweet(self, tweet_id: str) -> SimTweet:
+    def tweet(self, tweet_id: str) -> model.SimTweet:
         return self._tweets[tweet_id]
 
     def event_count(self, user_id: str) -> int:
@@ -192,10 +178,10 @@ class WorldStore:
     def window_floor(self, route: str) -> int:
         """Smallest snowflake visible on `route` now (0 when the route has no retention window)."""
         base = route.partition(":")[0]
-        if base not in ROUTE_WINDOW_DAYS and base not in _STREAMS:
+        if base not in model.ROUTE_WINDOW_DAYS and base not in _STREAMS:
             raise ValueError(f"unknown route {route!r}")
-        days = ROUTE_WINDOW_DAYS.get(base)
-        return 0 if days is None else snowflake(to_ms(self.now - timedelta(days=days)))
+        days = model.ROUTE_WINDOW_DAYS.get(base)
+        return 0 if days is None else model.snowflake(model.to_ms(self.now - timedelta(days=days)))
 
     def _stream(self, user_id: str, route: str) -> tuple[list[list[int]], frozenset[str] | None]:
         """The ascending snowflake lists a route merges, and the event types it shows (None: all)."""
@@ -212,16 +198,16 @@ class WorldStore:
             one = self.one_to_one(user_id, arg)
             if one is None:
                 raise NotVisible(f"{user_id} has no 1:1 conversation with {arg}")
-            return [self._by_conv[one.id]], (frozenset({MESSAGE_CREATE}) if base == "xquik" else None)
+            return [self._by_conv[one.id]], (_MESSAGES_ONLY if base == "xquik" else None)
         if base == "getxapi":
-            return [self._by_conv[c.id] for c in self.conversations_in_tab(user_id, arg)], frozenset({MESSAGE_CREATE})
+            return [self._by_conv[c.id] for c in self.conversations_in_tab(user_id, arg)], _MESSAGES_ONLY
         if base == "getxapi_events":
             convs = self.conversations_in_tab(user_id, arg)
             trust = [[self._trust_of[(user_id, c.id)]] for c in convs if (user_id, c.id) in self._trust_of]
             return [self._by_conv[c.id] for c in convs] + trust, _GETXAPI_EVENT_TYPES
         raise ValueError(f"unknown route {route!r}")
 
-    def _get(self, num: int) -> SimEvent:
+    def _get(self, num: int) -> model.SimEvent:
         ev = self._events.get(num)
         return ev if ev is not None else self._trust[num]
 
@@ -244,7 +230,7 @@ class WorldStore:
         return lambda n: self._get(n).event_type in types
 
     def page(self, user_id: str, route: str = "dm_events", *, before: int | None = None,
-             after: int | None = None, limit: int = 100, event_types: Iterable[str] | None = None) -> WindowPage:
+             after: int | None = None, limit: int = 100, event_types: Iterable[str] | None = None) -> model.WindowPage:
         """Up to `limit` events newest first: older than `before`, or (for previous pages) the oldest
         ones newer than `after`. Keyed by snowflake, so arrivals and deletions never shift a cursor."""
         with self.lock:
@@ -257,13 +243,13 @@ class WorldStore:
                 picked = list(islice(filter(match, self._asc(lists, floor, after)), limit))
                 picked.reverse()
             if not picked:
-                return WindowPage([], False, False)
+                return model.WindowPage([], False, False)
             more_older = next(filter(match, self._desc(lists, floor, picked[-1])), None) is not None
             more_newer = next(filter(match, self._asc(lists, floor, picked[0])), None) is not None
-            return WindowPage([self._get(n) for n in picked], more_older, more_newer)
+            return model.WindowPage([self._get(n) for n in picked], more_older, more_newer)
 
     def between(self, user_id: str, route: str, *, above: int, below: int | None,
-                event_types: Iterable[str] | None = None) -> list[SimEvent]:
+                event_types: Iterable[str] | None = None) -> list[model.SimEvent]:
         """Every event of `route` with above < snowflake < below (None: no upper bound), newest first."""
         with self.lock:
             lists, route_types = self._stream(user_id, route)
@@ -281,12 +267,12 @@ class WorldStore:
         """Every event of one conversation the account is in, no window."""
         return self.truth(user_id, f"dm_conversation:{conversation_id}")
 
-    def includes_for(self, events: Iterable[SimEvent], expansions: Iterable[str]) -> dict[str, list[Any]]:
+    def includes_for(self, events: Iterable[model.SimEvent], expansions: Iterable[str]) -> dict[str, list[Any]]:
         """Objects referenced by `events` for X's expansion names, deduplicated, in first-seen order."""
         exp = set(expansions)
-        users: dict[str, SimUser] = {}
-        media: dict[str, SimMedia] = {}
-        tweets: dict[str, SimTweet] = {}
+        users: dict[str, model.SimUser] = {}
+        media: dict[str, model.SimMedia] = {}
+        tweets: dict[str, model.SimTweet] = {}
         with self.lock:
             for e in events:
                 if "sender_id" in exp and e.sender_id is not None:

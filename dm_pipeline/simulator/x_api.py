@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
@@ -116,6 +116,9 @@ _OPTIONAL = ("created_at", "sender_id", "attachments")      # what `missing_opti
 _INT = re.compile(r"-?[0-9]+")
 _USER_ID = re.compile(USER_ID_PATTERN[1:-1])
 _CONVERSATION_ID = re.compile(CONVERSATION_ID_PATTERN[1:-1])
+# X's 403 details for a conversation the account may not read (`{}`: the path value).
+_NOT_WITH = "Sorry, you are not authorized to see the DM conversation with the user with id: [{}]."
+_NOT_IN = "Sorry, you are not authorized to see the DM conversation with id: [{}]."
 
 
 # ----------------------------------------------------------------------------------------- routes
@@ -203,8 +206,7 @@ class XApi:
             return usage_capped(fault.params)
         if kind == "dm_not_permitted":
             name, value = next(iter(ctx.path_params.items()), ("id", ctx.user_id or ""))
-            return not_participant(name, value, f"Sorry, you are not authorized to see the DM conversation "
-                                                f"with id: [{value}].")
+            return not_participant(name, value, _NOT_IN.format(value))
         if kind in ("expired_cursor", "invalid_cursor"):
             return invalid_request([bad_token_error(ctx.param("pagination_token") or "")])
         raise ValueError(f"X has no status reply for fault {kind!r}")
@@ -357,31 +359,29 @@ def dm_events(api: XApi, ctx: Ctx) -> Reply:
     return Reply(200, page_payload(api, ctx, q, "dm_events"))
 
 
-def dm_conversation_with(api: XApi, ctx: Ctx) -> Reply:
-    """GET /2/dm_conversations/with/{participant_id}/dm_events: the 1:1 with that user, no window."""
+def _conversation_events(api: XApi, ctx: Ctx, param: str, valid: re.Pattern[str], pattern: str, stream: str,
+                         readable: Callable[[str, str], bool], refusal: str) -> Reply:
+    """One conversation's events, no window. The two routes differ only in data: the path parameter, X's
+    `pattern` for it (`valid`, compiled), whether the account may read it, and X's 403 `refusal` detail."""
     assert ctx.user_id is not None
-    pid = unquote(ctx.path_params["participant_id"])
-    bad = [] if _USER_ID.fullmatch(pid) else [path_error("participant_id", pid, USER_ID_PATTERN)]
-    stream = f"dm_conversation_with:{pid}"
+    value = unquote(ctx.path_params[param])
+    bad = [] if valid.fullmatch(value) else [path_error(param, value, pattern)]
+    stream = f"{stream}:{value}"
     q = parse_dm_events_query(api, ctx, stream, bad)
     if isinstance(q, Reply):
         return q
-    if api.world.one_to_one(ctx.user_id, pid) is None:
-        return not_participant("participant_id", pid, f"Sorry, you are not authorized to see the DM "
-                                                      f"conversation with the user with id: [{pid}].")
+    if not readable(ctx.user_id, value):
+        return not_participant(param, value, refusal.format(value))
     return Reply(200, page_payload(api, ctx, q, stream))
+
+
+def dm_conversation_with(api: XApi, ctx: Ctx) -> Reply:
+    """GET /2/dm_conversations/with/{participant_id}/dm_events: the 1:1 with that user, no window."""
+    return _conversation_events(api, ctx, "participant_id", _USER_ID, USER_ID_PATTERN, "dm_conversation_with",
+                                lambda user, pid: api.world.one_to_one(user, pid) is not None, _NOT_WITH)
 
 
 def dm_conversation(api: XApi, ctx: Ctx) -> Reply:
     """GET /2/dm_conversations/{id}/dm_events: a conversation the account is in, no window."""
-    assert ctx.user_id is not None
-    cid = unquote(ctx.path_params["id"])
-    bad = [] if _CONVERSATION_ID.fullmatch(cid) else [path_error("id", cid, CONVERSATION_ID_PATTERN)]
-    stream = f"dm_conversation:{cid}"
-    q = parse_dm_events_query(api, ctx, stream, bad)
-    if isinstance(q, Reply):
-        return q
-    if not api.world.can_read(ctx.user_id, cid):
-        return not_participant("id", cid, f"Sorry, you are not authorized to see the DM conversation with id: "
-                                          f"[{cid}].")
-    return Reply(200, page_payload(api, ctx, q, stream))
+    return _conversation_events(api, ctx, "id", _CONVERSATION_ID, CONVERSATION_ID_PATTERN, "dm_conversation",
+                                api.world.can_read, _NOT_IN)

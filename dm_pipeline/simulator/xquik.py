@@ -43,7 +43,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote
 
-from dm_pipeline.simulator.faults import COMMON, PAGING, Ctx, Fault, Reply, Route
+from dm_pipeline.simulator.faults import COMMON, PAGING, Ctx, ErrorFieldHooks, Fault, Reply, Route
 from dm_pipeline.simulator.paging import CursorCodec, bend, bend_items
 from dm_pipeline.simulator.world import SimEvent, SimUser, World, iso_ms
 
@@ -73,10 +73,13 @@ def error(status: int, code: str, message: str | None = None) -> Reply:
     return Reply(status, {"error": code, **({"message": message} if message else {})})
 
 
-class XquikApi:
+class XquikApi(ErrorFieldHooks):
     name = "xquik"
     prefix = PREFIX
-    rate_headers = False
+    unauthorized_error = "unauthenticated"
+    rate_limited_error = "rate_limited"
+    not_found_error = "not_found"
+    malformed_body = b'{"messages":[{"id":"1","text":"unterminated'
 
     def __init__(self, world: World, *, page_size: int = 20, credits: int = 1_000_000) -> None:
         if not 1 <= page_size <= 100:
@@ -100,18 +103,6 @@ class XquikApi:
         if ctx.route == "xquik_history" and account:
             ctx.user_id = self.world.account_for_handle(account)
         return True
-
-    def unauthorized(self, ctx: Ctx) -> Reply:
-        return error(401, "unauthenticated")
-
-    def rate_limited(self, ctx: Ctx) -> Reply:
-        return error(429, "rate_limited")
-
-    def not_found(self) -> Reply:
-        return error(404, "not_found")
-
-    def malformed(self) -> bytes:
-        return b'{"messages":[{"id":"1","text":"unterminated'
 
     def fault_reply(self, fault: Fault, ctx: Ctx) -> Reply:
         kind = fault.kind
