@@ -11,13 +11,15 @@ import pytest
 
 from dm_pipeline.simulator import Simulator, World
 
-ACCOUNT_REQUIRED = {"error": "account_required",
-                    "message": "Provide ?account=<x_handle> for a connected X account. DM history requires a "
-                               "connected participant account."}
-DM_NOT_PERMITTED = {"error": "dm_not_permitted",
-                    "message": "X rejected the DM read. The connected account is not a participant in this "
-                               "conversation, or it needs reauthentication. Reconnect the account on the "
-                               "dashboard and try again."}
+# The error bodies as Xquik's DM-history page documents them, word for word (restated here, not imported
+# from the simulator, so a drift in the simulator fails this test).
+DOCUMENTED_MESSAGES = {
+    "account_required": "Provide ?account=<x_handle> for a connected X account. DM history requires a connected "
+                        "participant account.",
+    "dm_not_permitted": "X rejected the DM read. The connected account is not a participant in this conversation, "
+                        "or it needs reauthentication. Reconnect the account on the dashboard and try again.",
+}
+ACCOUNT_REQUIRED, DM_NOT_PERMITTED = ({"error": code, "message": text} for code, text in DOCUMENTED_MESSAGES.items())
 
 
 @pytest.fixture
