@@ -10,13 +10,11 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     Column,
-    Date,
     DateTime,
     Index,
     Integer,
     LargeBinary,
     MetaData,
-    SmallInteger,
     Table,
     Text,
     UniqueConstraint,
@@ -43,7 +41,7 @@ def _table(name: str, *items: SchemaItem, schema: str = PRIVATE) -> Table:
     return Table(name, metadata, *items, schema=schema)
 
 
-# The column kinds the tables share, each spelled once (the dm_sync_audit tables still spell theirs out).
+# The column kinds the tables share, each spelled once.
 def _key(name: str) -> Column[Any]:
     return Column(name, Text, primary_key=True)
 
@@ -168,86 +166,42 @@ oauth_tokens = _table(
 
 dm_sync_audit = Table(
     "dm_sync_audit", metadata,
-    # Range-partitioned by UTC month on finished_at, with a DEFAULT partition (migration 0009,
-    # db/audit_partitions.py). No primary key: on a partitioned table it must include finished_at, and
-    # (audit_id, finished_at) would cost 31 bytes a row that no query reads; audit_id is unique by its
-    # sequence. Fixed-width columns first (8, 4, 2, 1 bytes), then variable ones: no alignment padding. The
-    # rare counters are NULL rather than 0. A no-op tick's row: docs/architecture.md §14.
-    Column("audit_id", BigInteger, nullable=False,
-           server_default=text("nextval('dm_audit.dm_sync_audit_audit_id_seq'::regclass)")),
-    Column("started_at", DateTime(timezone=True), nullable=False),
-    Column("finished_at", DateTime(timezone=True), nullable=False, server_default=_now),
-    Column("retry_at", DateTime(timezone=True)),  # a parked stream: when the account is tried again
-    # A job row's requests, cost and events_received are its stream run's totals; a page row's, the page's.
-    Column("requests", Integer, nullable=False, server_default=text("0")),
-    # What the provider bills: X requests, Xquik credits, GetXAPI calls.
-    Column("cost", Integer, nullable=False, server_default=text("0")),
-    Column("events_received", Integer, nullable=False, server_default=text("0")),
-    Column("events_inserted", Integer, nullable=False, server_default=text("0")),
-    Column("events_updated", Integer, nullable=False, server_default=text("0")),
-    Column("page_seq", Integer),
-    # NULL means 0. Xquik: 1 credit per message returned; a job row holds those of the pages folded into it.
-    Column("credits", Integer),
-    Column("events_quarantined", Integer),
-    Column("partial_errors", Integer),  # 200 `errors` beside data
-    # Sweeps: events found missing upstream (marked), seen again (restored), content erased by policy.
-    Column("events_marked_deleted", Integer),
-    Column("events_restored", Integer),
-    Column("events_erased", Integer),
-    Column("http_status", SmallInteger),
-    # A job row: the pages folded into it (a one-page pass that changed nothing writes no page row).
-    Column("folded_pages", SmallInteger),
-    Column("gap_suspected", Boolean, nullable=False, server_default=text("false")),
-    Column("has_next_page", Boolean),
+    Column("audit_id", BigInteger, primary_key=True, autoincrement=True),
     Column("run_id", Text, nullable=False),
     Column("account_key", Text, nullable=False),
     Column("provider", Text, nullable=False),
     Column("stream_key", Text, nullable=False),
-    Column("row_kind", Text, nullable=False),      # 'page' or 'job' (one per stream run: its terminal status)
-    Column("job_status", Text, nullable=False),
-    Column("endpoint", Text),                      # page rows (a job row's stream has it in sync_state)
-    Column("error_code", Text),
-    Column("newest_id", Text),                     # what was seen: the newest and oldest IDs received
-    Column("oldest_id", Text),
+    Column("endpoint", Text),
+    Column("row_kind", Text, nullable=False),      # 'page' (one per page fetched) or 'job' (terminal status)
+    Column("page_seq", Integer),
     Column("cursor_in", Text),
     Column("cursor_out", Text),
-    Column("message_ids", ARRAY(Text)),            # the IDs the page inserted or updated (NULL: none)
-    Column("media_refs", ARRAY(Text)),             # the media of those events
-    # A page of a full walk (first pass, sweep): the IDs it returned that were stored unchanged, so that with
-    # message_ids the walk's pages name every ID it saw: the deletions judge's evidence (§4).
-    Column("unchanged_ids", ARRAY(Text)),
+    Column("has_next_page", Boolean),
+    Column("http_status", Integer),
+    Column("requests", Integer, nullable=False, server_default=text("0")),
+    Column("events_received", Integer, nullable=False, server_default=text("0")),
+    Column("events_inserted", Integer, nullable=False, server_default=text("0")),
+    Column("events_updated", Integer, nullable=False, server_default=text("0")),
+    Column("events_quarantined", Integer, nullable=False, server_default=text("0")),
+    Column("message_ids", ARRAY(Text), nullable=False, server_default=text("'{}'")),
+    Column("media_refs", ARRAY(Text), nullable=False, server_default=text("'{}'")),
+    Column("newest_id", Text),
+    Column("oldest_id", Text),
+    Column("job_status", Text, nullable=False),
+    Column("error_code", Text),
+    Column("gap_suspected", Boolean, nullable=False, server_default=text("false")),
+    Column("credits", Integer, nullable=False, server_default=text("0")),  # Xquik: 1 per message returned
+    # What the provider bills: X requests, Xquik credits, GetXAPI calls.
+    Column("cost", Integer, nullable=False, server_default=text("0")),
+    Column("partial_errors", Integer, nullable=False, server_default=text("0")),  # 200 `errors` beside data
+    Column("retry_at", DateTime(timezone=True)),  # a parked stream: when the account is tried again
+    # Sweeps: events found missing upstream (marked), seen again (restored), content erased by policy.
+    Column("events_marked_deleted", Integer, nullable=False, server_default=text("0")),
+    Column("events_restored", Integer, nullable=False, server_default=text("0")),
+    Column("events_erased", Integer, nullable=False, server_default=text("0")),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True), nullable=False, server_default=_now),
     CheckConstraint("row_kind IN ('page', 'job')", name="row_kind"),
-    schema=AUDIT,
-    postgresql_partition_by="RANGE (finished_at)",
-)
-
-dm_sync_audit_monthly = Table(
-    "dm_sync_audit_monthly", metadata,
-    # One row per account x stream x closed UTC month of the audit, rolled up (db/audit_partitions.py) before
-    # the month's partition may be dropped: counts only. sync_health and the reconciliation check read these
-    # up to the last month rolled up, and the audit rows after it.
-    Column("month", Date, primary_key=True),       # the month's first day (UTC)
-    Column("account_key", Text, primary_key=True),
-    Column("stream_key", Text, primary_key=True),
-    Column("provider", Text, nullable=False),
-    Column("audit_rows", Integer, nullable=False),
-    Column("pages", Integer, nullable=False),      # page rows + pages folded into job rows
-    Column("runs", Integer, nullable=False),       # distinct runs within the month
-    Column("errors", Integer, nullable=False),     # failed jobs + pages with an error code (as sync_health)
-    Column("gap_rows", Integer, nullable=False),
-    Column("last_gap_at", DateTime(timezone=True)),
-    Column("last_page_at", DateTime(timezone=True)),
-    Column("requests", BigInteger, nullable=False),        # job rows' totals
-    Column("cost", BigInteger, nullable=False),
-    Column("credits", BigInteger, nullable=False),
-    Column("events_received", BigInteger, nullable=False),
-    # Rows inserted by the month's pages after the account's last erasure (as of the roll-up): what the
-    # reconciliation check counts.
-    Column("events_inserted", BigInteger, nullable=False),
-    Column("events_updated", BigInteger, nullable=False),
-    Column("first_at", DateTime(timezone=True), nullable=False),
-    Column("last_at", DateTime(timezone=True), nullable=False),
-    Column("rolled_up_at", DateTime(timezone=True), nullable=False, server_default=_now),
     schema=AUDIT,
 )
 
@@ -336,13 +290,4 @@ Index(None, dm_history.c.message_id,
 Index(None, dm_history.c.conversation_id, dm_history.c.created_at)
 Index("ix_dm_history_account_key_utc_day", dm_history.c.account_key, text("((created_at AT TIME ZONE 'UTC')::date)"))
 Index(None, dm_sync_audit.c.account_key, dm_sync_audit.c.stream_key, dm_sync_audit.c.finished_at)
-Index(None, dm_sync_audit.c.run_id)  # B-tree deduplication: ~10 bytes a row when a run covers many streams
-# Migration 0009: partial indexes a no-op row never enters: a stream's last error (status, sync_health), the
-# suspected gaps (status, sync_health, the gap_suspected check), the pages that inserted rows (reconciliation).
-Index("ix_dm_sync_audit_errors", dm_sync_audit.c.account_key, dm_sync_audit.c.stream_key,
-      dm_sync_audit.c.finished_at, postgresql_where=dm_sync_audit.c.error_code.is_not(None))
-Index("ix_dm_sync_audit_gaps", dm_sync_audit.c.account_key, dm_sync_audit.c.stream_key,
-      dm_sync_audit.c.finished_at, postgresql_where=dm_sync_audit.c.gap_suspected)
-Index("ix_dm_sync_audit_inserts", dm_sync_audit.c.account_key, dm_sync_audit.c.finished_at,
-      postgresql_include=["events_inserted"], postgresql_where=text("row_kind = 'page' AND events_inserted > 0"))
-Index(None, dm_sync_audit_monthly.c.account_key, dm_sync_audit_monthly.c.stream_key, dm_sync_audit_monthly.c.month)
+Index(None, dm_sync_audit.c.run_id)
