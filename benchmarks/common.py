@@ -37,8 +37,9 @@ threading.Event().wait()
 
 
 @contextlib.contextmanager
-def fresh_database(prefix: str) -> Iterator[str]:
-    base = start_embedded(bench_pgdata())
+def fresh_database(prefix: str, pgdata: Path | None = None) -> Iterator[str]:
+    """A migrated database of its own on the embedded server of `pgdata` (default: the benchmarks' one)."""
+    base = start_embedded(pgdata or bench_pgdata())
     name = f"{prefix}_{uuid.uuid4().hex[:8]}"
     url = ensure_database(base, name).render_as_string(hide_password=False)
     upgrade(url)
@@ -147,11 +148,31 @@ def sim_accounts(url: str) -> list[dict[str, str]]:
     return list(httpx.get(f"{url}/_sim/accounts", timeout=60).json()["accounts"])
 
 
-def write_accounts_file(path: Path, url: str, accounts: list[dict[str, str]], page_size: int = 100) -> None:
+def sim_conversations(url: str, user_ids: list[str], per_account: int) -> dict[str, list[str]]:
+    """The first `per_account` conversation IDs of each account, as the simulator lists them (a thread pool:
+    10,000 accounts are 10,000 requests)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with httpx.Client(base_url=url, timeout=60) as client:
+        def one(user_id: str) -> list[str]:
+            convs = client.get("/_sim/conversations", params={"user_id": user_id}).json()["conversations"]
+            return [str(c["id"]) for c in convs][:per_account]
+
+        with ThreadPoolExecutor(8) as pool:
+            return dict(zip(user_ids, pool.map(one, user_ids), strict=True))
+
+
+def write_accounts_file(path: Path, url: str, accounts: list[dict[str, str]], page_size: int = 100,
+                        conversations: dict[str, list[str]] | None = None) -> None:
+    """X accounts `acct-00000`…; with `conversations` (user ID -> conversation IDs), each also gets a
+    full-history stream per listed conversation."""
     lines = ["accounts:"]
     for i, a in enumerate(accounts):
         lines += [f"  - key: acct-{i:05d}", "    provider: x", f"    user_id: \"{a['user_id']}\"",
                   f"    base_url: {url}", f"    token_env: BENCH_TOKEN_{i}", f"    page_size: {page_size}"]
+        ids = (conversations or {}).get(a["user_id"])
+        if ids:
+            lines += ["    conversations:", f"      ids: [{', '.join(f'{c!r}' for c in ids)}]"]
         os.environ[f"BENCH_TOKEN_{i}"] = a["token"]
     path.write_text("\n".join(lines) + "\n")
 

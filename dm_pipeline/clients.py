@@ -86,12 +86,14 @@ def stored_user_id(engine: Engine, provider: str) -> Callable[[str], str | None]
 
 def build_client(account: Account, http: httpx.Client, lookup: TokenLookup = env_token,
                  policy: RetryPolicy | None = None, engine: Engine | None = None,
-                 windows: Windows | None = None) -> ProviderClient:
+                 windows: Windows | None = None, governor: Governor | None = None) -> ProviderClient:
     # Whoever built the Account (the accounts file checks this too): its credentials go over plain http://
     # to a loopback host only, unless the account sets allow_insecure_http; base_url and oauth.token_url.
     check_transport(account)
     # One rate-limit state per account, in Postgres when there is one: shared by its streams and processes.
-    governor = AccountGovernor(engine, account) if engine is not None else Governor()
+    # (`governor`: one built by the caller, e.g. from the state its run read for a batch of accounts)
+    if governor is None:
+        governor = AccountGovernor(engine, account) if engine is not None else Governor()
     if account.provider is Provider.X:
         token, refresh = token_getter(account, lookup), None
         if account.oauth is not None:

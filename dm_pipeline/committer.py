@@ -8,6 +8,10 @@ audit rows and the cursor after its last page, so committed pages are always a p
 next run resumes from the last committed cursor. A crash can cost the pages still queued, never a gap.
 
 `write_ahead=0` commits every page on the caller's thread before the next request (the serial order).
+
+A foldable page (`PageWrite.fold`) that changed nothing commits its rows and cursor but no audit row; the
+committer keeps its figures, and the range of IDs every committed page saw, for the stream's job row
+(`job_figures`, docs/architecture.md §14).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import queue
 import threading
 from collections.abc import Callable, Sequence
 from types import TracebackType
+from typing import Any
 
 from dm_pipeline.db.writes import PageWrite
 
@@ -39,6 +44,10 @@ class PageCommitter:
         self._queue: queue.Queue[object] = queue.Queue(maxsize=max(1, write_ahead))
         self._thread: threading.Thread | None = None
         self.transactions = 0
+        self._folded = 0                 # pages that wrote no audit row, and their credits
+        self._folded_credits = 0
+        self._newest: str | None = None  # the range of IDs the committed pages received
+        self._oldest: str | None = None
         if write_ahead > 0:
             self._thread = threading.Thread(target=self._run, name=name, daemon=True)
             self._thread.start()
@@ -99,9 +108,26 @@ class PageCommitter:
         with contextlib.suppress(queue.Full):
             self._queue.put_nowait(_STOP)
 
+    def job_figures(self) -> dict[str, Any]:
+        """The job row's share of the committed pages: how many wrote no audit row (a one-page pass that
+        changed nothing) and their credits, and the newest and oldest IDs all of them received."""
+        with self._lock:
+            return {"folded_pages": self._folded, "credits": self._folded_credits, "newest_id": self._newest,
+                    "oldest_id": self._oldest}
+
     def _record(self, group: Sequence[PageWrite], counts: Sequence[tuple[int, int]]) -> None:
         with self._lock:
-            self._done.extend((w, i, u) for w, (i, u) in zip(group, counts, strict=True))
+            for w, (i, u) in zip(group, counts, strict=True):
+                self._done.append((w, i, u))
+                if w.fold and not i and not u:  # as the page statement decided: no audit row
+                    self._folded += 1
+                    self._folded_credits += w.audit.credits
+                if w.audit.newest_id is not None and (self._newest is None
+                                                      or int(w.audit.newest_id) > int(self._newest)):
+                    self._newest = w.audit.newest_id
+                if w.audit.oldest_id is not None and (self._oldest is None
+                                                      or int(w.audit.oldest_id) < int(self._oldest)):
+                    self._oldest = w.audit.oldest_id
             self.transactions += 1
 
     def _run(self) -> None:

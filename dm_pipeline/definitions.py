@@ -15,4 +15,5 @@ defs = dg.Definitions(
         "warehouse": WarehouseResource(database_url=dg.EnvVar("DATABASE_URL")),
         "providers": ProvidersResource(),
     },
+    executor=dg.in_process_executor,  # UI backfills too: one step per run, no second process (defs/assets.py)
 )

@@ -17,9 +17,10 @@ import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from dm_pipeline.db import account_state, writes
+from dm_pipeline.db.account_state import AccountSnapshot
 from dm_pipeline.db.writes import AuditEntry, StreamState
 from dm_pipeline.errors import ACCOUNT_LEVEL_CODES, BudgetExhausted
 from dm_pipeline.http.policy import Budget
@@ -93,8 +94,14 @@ class AccountGate:
 
     @classmethod
     def open(cls, engine: Engine, account: Account, *, sweep: bool, now: datetime, max_wait_s: float,
-             honour_backoff: bool = True) -> AccountGate:
+             honour_backoff: bool = True, snapshot: AccountSnapshot | None = None) -> AccountGate:
+        """The account's gate, from its stream states (and spend): `snapshot` when its run read them for a
+        batch of accounts, else read here."""
         gate = cls(engine, account, sweep, now, max_wait_s, honour_backoff)
+        if snapshot is not None:
+            gate.states = dict(snapshot.states)
+            gate.spent, gate.oldest_spend = snapshot.spent if account.daily_budget is not None else (0, None)
+            return gate
         with engine.connect() as conn:
             gate.states = writes.read_states(conn, account.key)
             if account.daily_budget is not None:
@@ -182,8 +189,12 @@ class AccountGate:
         elif res.status is StreamStatus.BUDGET_EXHAUSTED:
             self.parked = Park(StreamStatus.BUDGET_EXHAUSTED, "budget_exhausted", res.retry_at)
 
-    def refresh(self, stream_key: str) -> None:
-        """Re-read one stream's state after it ran (the inbox's covered_at decides what is dormant)."""
+    def refresh(self, stream_key: str, conn: Connection | None = None) -> None:
+        """Re-read one stream's state after it ran (the inbox's covered_at decides what is dormant), on
+        `conn` when the caller holds one."""
+        if conn is not None:
+            self.states[stream_key] = writes.read_state(conn, self.account.key, stream_key)
+            return
         with self.engine.connect() as conn:
             self.states[stream_key] = writes.read_state(conn, self.account.key, stream_key)
 
@@ -196,10 +207,19 @@ class AccountGate:
         if woken:
             log.info("account %s: inbox gap suspected, %d conversation streams woken", self.account.key, len(woken))
 
-    def close(self, run_id: str) -> None:
+    def newly_dormant(self) -> list[str]:
+        """The dormant streams whose stored status does not say so yet (after the first no-op run: none)."""
+        return [k for k in self.dormant if (self.states.get(k) or StreamState()).last_status != "dormant"]
+
+    def has_writes(self) -> bool:
+        return bool(self.skips or self.newly_dormant())
+
+    def close(self, run_id: str, conn: Connection | None = None) -> None:
+        """Write the skipped streams' job rows and the newly dormant streams, in `conn`'s transaction when
+        given (the caller commits), else in one of their own."""
         skips = [(s, replace(e, run_id=run_id)) for s, e in self.skips]
-        account_state.record_skips(self.engine, self.account, skips)
-        account_state.mark_dormant(self.engine, self.account.key, self.dormant)
+        account_state.record_skips(conn or self.engine, self.account, skips)
+        account_state.mark_dormant(conn or self.engine, self.account.key, self.newly_dormant())
         if self.parked is not None and self.parked.retry_at is not None and self.skips:
             log.warning("account %s %s: %d streams parked without a request; tried again after %s",
                         self.account.key, self.parked.error_code, len(self.skips),

@@ -157,9 +157,10 @@ def summarize(engine: Engine, run_ids: list[str]) -> list[StreamSummary]:
     sql = text("""
         SELECT account_key, stream_key,
                max(job_status) FILTER (WHERE row_kind = 'job')           AS status,
-               count(*) FILTER (WHERE row_kind = 'page')                  AS pages,
+               -- a no-op page writes no row: the job row counts it (folded_pages) and holds the totals
+               count(*) FILTER (WHERE row_kind = 'page') + coalesce(sum(folded_pages), 0) AS pages,
                coalesce(sum(requests) FILTER (WHERE row_kind = 'job'), 0) AS requests,
-               coalesce(sum(events_received) FILTER (WHERE row_kind = 'page'), 0) AS received,
+               coalesce(sum(events_received) FILTER (WHERE row_kind = 'job'), 0) AS received,
                coalesce(sum(events_inserted), 0)                          AS inserted,
                coalesce(sum(events_updated), 0)                           AS updated,
                max(error_code) FILTER (WHERE row_kind = 'job')            AS error_code

@@ -30,6 +30,9 @@ class Settings:
     request_deadline_s: float = 60.0        # one HTTP request, connect to last byte
     max_body_bytes: int = 16 << 20          # the largest response body read
     run_timeout_s: float = 3600.0           # a Dagster sync run is stopped after this (dagster/max_runtime)
+    # The audit keeps the current month and this many before it; older monthly partitions are dropped whole
+    # (db/audit_partitions.py) once rolled up. 0 keeps everything.
+    audit_retention_months: int = 13
 
     @property
     def pgdata(self) -> Path:
@@ -52,6 +55,7 @@ def load_settings() -> Settings:
         request_deadline_s=_number("DM_PIPELINE_REQUEST_DEADLINE_S", "60", float, minimum=1),
         max_body_bytes=int(_number("DM_PIPELINE_MAX_BODY_MB", "16", float, minimum=1) * (1 << 20)),
         run_timeout_s=_number("DM_PIPELINE_RUN_TIMEOUT_S", "3600", float, minimum=60),
+        audit_retention_months=int(_number("DM_PIPELINE_AUDIT_RETENTION_MONTHS", "13", int, minimum=0)),
     )
 
 

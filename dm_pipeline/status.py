@@ -222,7 +222,10 @@ LEFT JOIN LATERAL (
            (array_agg(cost ORDER BY finished_at DESC) FILTER (WHERE requests > 0))[1:5] AS recent
     FROM dm_audit.dm_sync_audit a
     WHERE a.account_key = s.account_key AND a.stream_key = s.stream_key AND a.row_kind = 'job'
-      AND a.finished_at > now() - interval '24 hours') j ON true
+      AND a.finished_at > now() - interval '24 hours'
+      -- the same bound as a UTC day: the audit's per-stream index is keyed by day (docs/architecture.md §14)
+      AND (a.finished_at AT TIME ZONE 'UTC')::date >= ((now() - interval '24 hours') AT TIME ZONE 'UTC')::date
+    ) j ON true
 WHERE CAST(:keys AS text[]) IS NULL OR s.account_key = ANY(CAST(:keys AS text[]))
 ORDER BY s.account_key, s.stream_key""")
 

@@ -22,7 +22,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from dm_pipeline.committer import PageCommitter
 from dm_pipeline.db import writes
-from dm_pipeline.db.account_state import AccountGovernor
+from dm_pipeline.db.account_state import AccountGovernor, AccountSnapshot, stream_session
 from dm_pipeline.db.deletions import SweepJudge
 from dm_pipeline.db.writes import AuditEntry, PageWrite, StreamState
 from dm_pipeline.errors import (
@@ -71,11 +71,13 @@ def _max_id(a: str | None, b: str | None) -> str | None:
 
 
 def sync_account(engine: Engine, client: ProviderClient, run_id: str, limits: RunLimits = RunLimits(),
-                 on_page: PageHook | None = None, on_stream_start: StreamStartHook | None = None) -> SyncResult:
+                 on_page: PageHook | None = None, on_stream_start: StreamStartHook | None = None,
+                 snapshot: AccountSnapshot | None = None) -> SyncResult:
     """Every stream of the account that needs a request, in order, under one gate (gate.py): dormant and
-    not-due streams cost nothing, and an account-level failure or limit ends the account's run."""
+    not-due streams cost nothing, and an account-level failure or limit ends the account's run. `snapshot`:
+    the account's stored state as its run read it for a batch of accounts (else the gate reads it)."""
     try:
-        return _sync_account(engine, client, run_id, limits, on_page, on_stream_start)
+        return _sync_account(engine, client, run_id, limits, on_page, on_stream_start, snapshot)
     except (OperationalError, InterfaceError) as exc:
         if not writes.connection_lost(exc):
             raise
@@ -90,12 +92,13 @@ def _unavailable(account_key: str, stream_key: str, exc: BaseException) -> Datab
 
 
 def _sync_account(engine: Engine, client: ProviderClient, run_id: str, limits: RunLimits,
-                  on_page: PageHook | None, on_stream_start: StreamStartHook | None) -> SyncResult:
+                  on_page: PageHook | None, on_stream_start: StreamStartHook | None,
+                  snapshot: AccountSnapshot | None) -> SyncResult:
     budget = Budget.of(limits.time_budget_s)
     account = client.account
     result = SyncResult(account_key=account.key, provider=account.provider.value, run_id=run_id)
     gate = AccountGate.open(engine, account, sweep=limits.sweep, now=limits.clock(), max_wait_s=limits.max_wait_s,
-                            honour_backoff=limits.honour_backoff)
+                            honour_backoff=limits.honour_backoff, snapshot=snapshot)
     governor = getattr(client, "governor", None)
     try:
         for stream in client.streams():
@@ -105,7 +108,7 @@ def _sync_account(engine: Engine, client: ProviderClient, run_id: str, limits: R
             if gate.idle(stream, sweep_due=due):
                 continue
             if isinstance(governor, AccountGovernor) and result.streams:
-                governor.load()  # another process of this account may have learnt the window meanwhile
+                governor.refresh()  # another process of this account may have learnt the window meanwhile
             if gate.park(stream, budget, wait_now(governor)):
                 park = gate.parked
                 assert park is not None
@@ -118,24 +121,28 @@ def _sync_account(engine: Engine, client: ProviderClient, run_id: str, limits: R
                               budget, on_page, gate)
             result.streams.append(res)
             gate.after(stream, res)
-            if _vouches(stream) and any(k != stream.key for k in gate.states):
-                gate.refresh(stream.key)
-                if res.gap_suspected:
-                    gate.wake([k for k in gate.states if k != stream.key])
+            # (sync_stream re-read the inbox's state: its covered_at decides which streams are dormant)
+            if _vouches(stream) and res.gap_suspected and any(k != stream.key for k in gate.states):
+                gate.wake([k for k in gate.states if k != stream.key])
     except BaseException:
         with contextlib.suppress(OperationalError, InterfaceError):  # keep the error that got us here
-            _close(gate, governor, run_id)
+            _close(engine, gate, governor, run_id)
         raise
-    _close(gate, governor, run_id)
+    _close(engine, gate, governor, run_id)
     result.dormant, result.not_due = gate.dormant, gate.not_due
     return result
 
 
-def _close(gate: AccountGate, governor: object, run_id: str) -> None:
-    """The account's state after the run: its rate-limit window, the skipped streams' rows, the dormant."""
-    if isinstance(governor, AccountGovernor):
-        governor.save()
-    gate.close(run_id)
+def _close(engine: Engine, gate: AccountGate, governor: object, run_id: str) -> None:
+    """The account's state after the run: its rate-limit window, the skipped streams' rows, the newly
+    dormant, in one transaction, and none when nothing changed."""
+    save = isinstance(governor, AccountGovernor) and not governor.defer_save() and governor.dirty
+    if not save and not gate.has_writes():
+        return
+    with engine.begin() as conn:
+        if save and isinstance(governor, AccountGovernor):
+            governor.save(conn)
+        gate.close(run_id, conn)
 
 
 def _vouches(stream: Stream) -> bool:
@@ -156,22 +163,24 @@ def sync_stream(engine: Engine, client: ProviderClient, stream: Stream, run_id: 
 def _sync_stream(engine: Engine, client: ProviderClient, stream: Stream, run_id: str, limits: RunLimits,
                  budget: Budget, on_page: PageHook | None, gate: AccountGate | None) -> StreamResult:
     account = client.account
+    refresh = gate is not None and _vouches(stream) and any(k != stream.key for k in gate.states)
     gate = gate or AccountGate.open(engine, account, sweep=limits.sweep, now=limits.clock(),
                                     max_wait_s=limits.max_wait_s)
     res = StreamResult(account_key=account.key, stream_key=stream.key)
     started = writes.utcnow()
-    with writes.stream_lock(engine, account.key, stream.key) as locked:
+    with stream_session(engine, account.key, stream.key) as (locked, session):
         if not locked:
             res.status = StreamStatus.SKIPPED_LOCKED
             writes.finish_stream(engine, account, stream, None, AuditEntry(
                 run_id=run_id, row_kind="job", job_status=res.status.value, started_at=started))
+            if refresh:
+                gate.refresh(stream.key, session)  # the holder may have moved it on
             return res
         committer = PageCommitter(lambda group: writes.commit_pages(engine, account, stream, run_id, group),
                                   write_ahead=limits.write_ahead, name=f"commit:{account.key}/{stream.key}")
         try:
             try:
-                with engine.connect() as conn:
-                    state = writes.read_state(conn, account.key, stream.key)
+                state = writes.read_state(session, account.key, stream.key)
                 state = _walk(client, stream, state, run_id, limits, budget, res, committer, on_page, gate)
             finally:
                 committer.close(raise_error=False)
@@ -185,7 +194,8 @@ def _sync_stream(engine: Engine, client: ProviderClient, stream: Stream, run_id:
             res.status, res.error_code = StreamStatus.FAILED, "commit_failed"
             writes.finish_stream(engine, account, stream, None, AuditEntry(
                 run_id=run_id, row_kind="job", job_status=res.status.value, started_at=started,
-                requests=res.requests, events_received=res.received, error_code=res.error_code, cost=res.cost))
+                requests=res.requests, events_received=res.received, error_code=res.error_code, cost=res.cost,
+                **committer.job_figures()))
             raise
         if res.status is StreamStatus.PARTIAL and state.pass_open and not state.pass_sweep and res.pages:
             stored = res.inserted + res.updated
@@ -197,7 +207,9 @@ def _sync_stream(engine: Engine, client: ProviderClient, stream: Stream, run_id:
             run_id=run_id, row_kind="job", job_status=res.status.value, started_at=started,
             requests=res.requests, events_received=res.received, http_status=res.http_status,
             error_code=res.error_code, gap_suspected=res.gap_suspected, cursor_out=state.pass_cursor,
-            cost=res.cost, retry_at=res.retry_at))
+            cost=res.cost, retry_at=res.retry_at, **committer.job_figures()))
+        if refresh:
+            gate.refresh(stream.key, session)
     log.info("stream done account=%s stream=%s status=%s pages=%d requests=%d inserted=%d updated=%d",
              account.key, stream.key, res.status, res.pages, res.requests, res.inserted, res.updated)
     return res
@@ -308,8 +320,7 @@ def _walk(client: ProviderClient, stream: Stream, state: StreamState, run_id: st
             page_seq=page_seq, cursor_in=cursor_in,
             cursor_out=page.next_cursor, has_next_page=page.next_cursor is not None,
             http_status=page.http_status, requests=page.requests, events_received=len(page.events),
-            message_ids=ids, media_refs=[str(m.get("url") or m.get("media_key")) for e in page.events
-                                         for m in e.media or ()],
+            message_ids=ids,  # the statement records those it writes, and their media (db/statements.py)
             newest_id=max(ids, key=int) if ids else None, oldest_id=min(ids, key=int) if ids else None,
             error_code="cursor_loop" if loop else "oversized_page" if len(page.events) + len(page.quarantined)
             > client.account.page_size else None, gap_suspected=gap, credits=page.credits,
@@ -321,8 +332,14 @@ def _walk(client: ProviderClient, stream: Stream, state: StreamState, run_id: st
         judge = None
         if full_walk and stream.sweep_scope is not None and client.account.on_upstream_delete != "keep":
             judge = SweepJudge(stream.sweep_scope, erase=client.account.on_upstream_delete == "erase")
+        # The audit at scale (docs/architecture.md §14): every page of a walk the judge may read keeps the
+        # IDs it saw; a one-page pass that closes at the top and changes nothing writes no page row (its
+        # figures go to the job row).
+        evidence = stop is None and stream.sweep_scope is not None and client.account.on_upstream_delete != "keep"
+        fold = (not evidence and page_seq == 1 and cursor_in is None and done and not gap
+                and audit.error_code is None and not page.quarantined and not page.partial_errors)
         committer.submit(writes.prepare_page(client.account, stream, run_id, PageWrite(
-            keep, state, audit, page, full_walk=full_walk, judge=judge)))
+            keep, state, audit, page, full_walk=full_walk, judge=judge, evidence=evidence, fold=fold)))
         fetched += 1
         res.http_status = page.http_status
         res.gap_suspected = res.gap_suspected or gap

@@ -5,6 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine, pool
 
+from dm_pipeline.db.audit_partitions import AUDIT_PARTITION
 from dm_pipeline.db.engine import app_url
 from dm_pipeline.db.tables import AUDIT, PRIVATE, metadata
 
@@ -22,7 +23,9 @@ def _include_name(name: str | None, type_: str, parent_names: object) -> bool:
     # Compare only our schemas: Dagster or other tools may share the server.
     if type_ == "schema":
         return name in OWN_SCHEMAS
-    return True
+    # The audit's monthly partitions are created and dropped at run time (db/audit_partitions.py): the
+    # partitioned table is the model, its partitions are not.
+    return not (type_ == "table" and name is not None and AUDIT_PARTITION.fullmatch(name) is not None)
 
 
 def run_migrations_offline() -> None:

@@ -7,8 +7,8 @@ counts, codes and statuses: never message text, and never a secret except the si
 
 One module per concern: common.py (consoles, error handling), pipeline.py (run, dev, sync),
 database.py (db), accounts_file.py (accounts list | validate), status_report.py (status), privacy.py
-(export, erase), simulation.py (simulator), oauth_tokens.py (accounts connect, oauth). This module holds
-the `main` group and registers them, in the order `--help` has always listed them.
+(export, erase), simulation.py (simulator), oauth_tokens.py (accounts connect, oauth), audit.py (audit prune).
+This module holds the `main` group and registers them, in the order `--help` has always listed them.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import logging
 import click
 
 from dm_pipeline.cli.accounts_file import accounts
+from dm_pipeline.cli.audit import audit
 from dm_pipeline.cli.common import CONTEXT, _escape, _settings, err, fail, friendly_errors, out
 from dm_pipeline.cli.database import db
 from dm_pipeline.cli.oauth_tokens import connect, oauth
@@ -26,8 +27,8 @@ from dm_pipeline.cli.privacy import erase, export
 from dm_pipeline.cli.simulation import simulator
 from dm_pipeline.cli.status_report import status
 
-__all__ = ["CONTEXT", "_escape", "_settings", "accounts", "connect", "db", "dev", "erase", "err", "export", "fail",
-           "friendly_errors", "main", "oauth", "out", "run", "simulator", "status", "sync"]
+__all__ = ["CONTEXT", "_escape", "_settings", "accounts", "audit", "connect", "db", "dev", "erase", "err", "export",
+           "fail", "friendly_errors", "main", "oauth", "out", "run", "simulator", "status", "sync"]
 
 
 @click.group(context_settings=CONTEXT)
@@ -53,6 +54,6 @@ def main(verbose: bool) -> None:
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
 
-for _command in (run, dev, db, accounts, sync, status, export, erase, simulator, oauth):
+for _command in (run, dev, db, accounts, sync, status, export, erase, simulator, oauth, audit):
     main.add_command(_command)
 accounts.add_command(connect)

@@ -3,7 +3,8 @@ last page, in that page's transaction.
 
 A complete walk of a full-history stream returns every event the stream still has. So every stored event
 of the stream's scope that was stored before the walk began and is not among the IDs the walk's pages
-returned (their audit rows, across runs when the walk was resumed) is gone upstream: it is marked
+returned (their audit rows, across runs when the walk was resumed: `message_ids`, what a page wrote, and
+`unchanged_ids`, the rest it saw, which only a walk's pages record) is gone upstream: it is marked
 (`deleted_upstream_at`), or under `erase` its private content is deleted too. A marked event the walk did
 return is restored. Nothing is judged before the last page commits, so a crash mid-sweep marks nothing;
 events stored after the walk began (the inbox syncing meanwhile) are never judged by it.
@@ -25,7 +26,7 @@ WITH pass AS (
     SELECT coalesce((SELECT pass_started_at FROM dm_private.sync_state
                      WHERE account_key = %(account_key)s AND stream_key = %(stream_key)s), now()) AS started
 ), seen AS (
-    SELECT DISTINCT unnest(a.message_ids) AS id
+    SELECT DISTINCT unnest(a.message_ids || a.unchanged_ids) AS id
     FROM dm_audit.dm_sync_audit AS a, pass
     WHERE a.account_key = %(account_key)s AND a.stream_key = %(stream_key)s AND a.row_kind = 'page'
       AND a.finished_at >= pass.started
@@ -58,10 +59,13 @@ WITH pass AS (
 )
 SELECT (SELECT count(*) FROM marked), (SELECT count(*) FROM restored)"""
 
+# The walk's last audit row was inserted by this transaction (finished_at = its now()): found through the
+# (account, stream, time) index of its partition; the audit has no index on audit_id alone. 0 is NULL there.
 _COUNT = """
-UPDATE dm_audit.dm_sync_audit SET events_marked_deleted = %(marked)s, events_restored = %(restored)s,
-                                  events_erased = %(erased)s
-WHERE audit_id = %(audit_id)s"""
+UPDATE dm_audit.dm_sync_audit SET events_marked_deleted = nullif(%(marked)s, 0),
+                                  events_restored = nullif(%(restored)s, 0), events_erased = nullif(%(erased)s, 0)
+WHERE account_key = %(account_key)s AND stream_key = %(stream_key)s AND finished_at = now()
+  AND audit_id = %(audit_id)s"""
 
 
 @dataclass
@@ -86,5 +90,5 @@ def judge(conn: Connection, account_key: str, stream_key: str, judge: SweepJudge
         marked, restored = (int(row[0]), int(row[1])) if row else (0, 0)
         if audit_id is not None and (marked or restored):
             cur.execute(_COUNT, {"marked": marked, "restored": restored, "erased": marked if judge.erase else 0,
-                                 "audit_id": audit_id})
+                                 "audit_id": audit_id, "account_key": account_key, "stream_key": stream_key})
     judge.result = (marked, restored)

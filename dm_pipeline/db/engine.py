@@ -122,8 +122,10 @@ def render(url: URL) -> str:
 
 
 @functools.cache
-def get_engine(url: str) -> Engine:
-    engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+def get_engine(url: str, pool_size: int = 5) -> Engine:
+    """The process's engine for `url`; `pool_size`: the connections kept for concurrent syncs (a syncing
+    account holds up to two: its stream's session and its page writer)."""
+    engine = create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=10)
     event.listen(engine, "connect", _widen_send_buffer)
     return engine
 

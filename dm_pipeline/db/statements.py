@@ -8,7 +8,7 @@ the rest on the writer thread): see docs/performance.md before changing either.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -42,13 +42,15 @@ _EVENT_NAMES = ", ".join(c for c, _ in _EVENT_COLUMNS)
 _CHANGING = ("conversation_id", "event_type", "sender_id", "recipient_id", "participant_ids", "created_at",
              "text", "media", "referenced_tweets", "reply_to_message_id", "edit_count", "raw", "sanitized",
              "flags", "content_hash", "last_changed_run_id")
-# The audit columns of a page row, each cast to its column type (parameters in a SELECT list are not
-# typed by the target column the way VALUES parameters are).
+# The audit columns of a page or job row that the caller supplies, each cast to its column type (parameters
+# in a SELECT list are not typed by the target column the way VALUES parameters are). What a page changed
+# (message_ids, media_refs, the counts) comes from its upsert; job rows take message_ids and media_refs from
+# their entry (_INSERT_AUDIT).
 _AUDIT_PAGE_COLUMNS: tuple[str, ...] = (
     "run_id", "account_key", "provider", "stream_key", "endpoint", "row_kind", "page_seq", "cursor_in",
-    "cursor_out", "has_next_page", "http_status", "requests", "events_received", "message_ids", "media_refs",
-    "newest_id", "oldest_id", "job_status", "error_code", "gap_suspected", "credits", "events_quarantined",
-    "started_at", "cost", "partial_errors", "retry_at")
+    "cursor_out", "has_next_page", "http_status", "requests", "events_received", "newest_id", "oldest_id",
+    "job_status", "error_code", "gap_suspected", "credits", "events_quarantined", "started_at", "cost",
+    "partial_errors", "retry_at", "folded_pages")
 
 
 def _cast(column: str) -> str:
@@ -60,6 +62,11 @@ def _cast(column: str) -> str:
 # key order within the statement. xmax = 0 only on a freshly inserted tuple; unchanged rows return nothing
 # (the WHERE skips them), so the two counts are exact: inserted, and updated in place. (A JSON null reads
 # as SQL NULL: `media IS NULL`.)
+# The audit row records what the page changed: the IDs written (newest first) and their media, NULL when
+# none. What it saw is newest_id, oldest_id and events_received. On a page of a walk (`seen`: every ID it
+# returned) the IDs it found unchanged go to unchanged_ids, the deletions judge's evidence. A foldable page
+# (`fold`: a one-page pass that closes at the top) that changed nothing writes no audit row at all: its
+# figures go to the stream's job row (docs/architecture.md §14).
 _UPSERT_PAGE = f"""
 WITH written AS (
     INSERT INTO {dm_history.fullname} (account_key, provider, stream_key, first_seen_run_id, last_changed_run_id,
@@ -70,13 +77,24 @@ WITH written AS (
     ON CONFLICT (account_key, message_id) DO UPDATE
     SET {", ".join(f"{c} = EXCLUDED.{c}" for c in _CHANGING)}, last_changed_at = now()
     WHERE {dm_history.name}.content_hash IS DISTINCT FROM EXCLUDED.content_hash
-    RETURNING (xmax = 0) AS inserted
+    RETURNING message_id, media, (xmax = 0) AS inserted
 ), counts AS (
-    SELECT count(*) FILTER (WHERE inserted) AS inserted, count(*) FILTER (WHERE NOT inserted) AS updated
+    SELECT count(*) FILTER (WHERE inserted) AS inserted, count(*) FILTER (WHERE NOT inserted) AS updated,
+           array_agg(message_id ORDER BY length(message_id) DESC, message_id DESC) AS ids,
+           (SELECT array_agg(r.ref) FROM written AS w,
+                   jsonb_array_elements(CASE WHEN jsonb_typeof(w.media) = 'array' THEN w.media END) AS m,
+                   LATERAL (SELECT coalesce(nullif(m ->> 'url', ''), m ->> 'media_key') AS ref) AS r
+            WHERE r.ref IS NOT NULL) AS refs
     FROM written
 )
-INSERT INTO {dm_sync_audit.fullname} ({", ".join(_AUDIT_PAGE_COLUMNS)}, events_inserted, events_updated)
-SELECT {", ".join(_cast(c) for c in _AUDIT_PAGE_COLUMNS)}, counts.inserted, counts.updated FROM counts
+INSERT INTO {dm_sync_audit.fullname} ({", ".join(_AUDIT_PAGE_COLUMNS)}, message_ids, media_refs,
+                                       unchanged_ids, events_inserted, events_updated)
+SELECT {", ".join(_cast(c) for c in _AUDIT_PAGE_COLUMNS)}, counts.ids, counts.refs,
+       nullif(ARRAY(SELECT id FROM unnest(%(seen)s::text[]) AS id
+                    WHERE NOT EXISTS (SELECT FROM written AS w WHERE w.message_id = id)), '{{}}'),
+       counts.inserted, counts.updated
+FROM counts
+WHERE NOT %(fold)s::boolean OR counts.inserted + counts.updated > 0
 RETURNING events_inserted, events_updated, audit_id"""
 
 
@@ -138,23 +156,30 @@ ON CONFLICT (account_key, stream_key) DO UPDATE SET
 
 
 def _audit_values(account: Account, stream: Stream, entry: AuditEntry) -> dict[str, Any]:
-    """The audit row's columns (_AUDIT_PAGE_COLUMNS) for `entry`: page rows and job rows alike."""
+    """The audit row's columns (_AUDIT_PAGE_COLUMNS) for `entry`: page rows and job rows alike. A job row
+    leaves the endpoint to sync_state; the rare counters are NULL rather than 0 (narrow rows: §14)."""
     return {
         "run_id": entry.run_id, "account_key": account.key, "provider": account.provider.value,
-        "stream_key": stream.key, "endpoint": stream.endpoint, "row_kind": entry.row_kind,
-        "page_seq": entry.page_seq, "cursor_in": entry.cursor_in, "cursor_out": entry.cursor_out,
-        "has_next_page": entry.has_next_page, "http_status": entry.http_status, "requests": entry.requests,
-        "events_received": entry.events_received, "message_ids": _text_array(entry.message_ids),
-        "media_refs": _text_array(entry.media_refs), "newest_id": entry.newest_id, "oldest_id": entry.oldest_id,
-        "job_status": entry.job_status, "error_code": entry.error_code, "gap_suspected": entry.gap_suspected,
-        "credits": entry.credits, "events_quarantined": entry.events_quarantined, "started_at": entry.started_at,
-        "cost": entry.cost, "partial_errors": entry.partial_errors, "retry_at": entry.retry_at,
+        "stream_key": stream.key, "endpoint": stream.endpoint if entry.row_kind == "page" else None,
+        "row_kind": entry.row_kind, "page_seq": entry.page_seq, "cursor_in": entry.cursor_in,
+        "cursor_out": entry.cursor_out, "has_next_page": entry.has_next_page, "http_status": entry.http_status,
+        "requests": entry.requests, "events_received": entry.events_received, "newest_id": entry.newest_id,
+        "oldest_id": entry.oldest_id, "job_status": entry.job_status, "error_code": entry.error_code,
+        "gap_suspected": entry.gap_suspected, "credits": entry.credits or None,
+        "events_quarantined": entry.events_quarantined or None, "started_at": entry.started_at,
+        "cost": entry.cost, "partial_errors": entry.partial_errors or None, "retry_at": entry.retry_at,
+        "folded_pages": entry.folded_pages or None,
     }
 
 
-_INSERT_AUDIT = (f"INSERT INTO {dm_sync_audit.fullname} ({', '.join(_AUDIT_PAGE_COLUMNS)}, events_inserted, "
-                 f"events_updated) VALUES ({', '.join(_cast(c) for c in _AUDIT_PAGE_COLUMNS)}, "
-                 "%(events_inserted)s, %(events_updated)s)")
+_INSERT_AUDIT = (f"INSERT INTO {dm_sync_audit.fullname} ({', '.join(_AUDIT_PAGE_COLUMNS)}, message_ids, "
+                 f"media_refs, events_inserted, events_updated) VALUES "
+                 f"({', '.join(_cast(c) for c in _AUDIT_PAGE_COLUMNS)}, %(message_ids)s::text[], "
+                 "%(media_refs)s::text[], %(events_inserted)s, %(events_updated)s)")
+
+
+def _nonempty_array(values: Sequence[str]) -> str | None:
+    return _text_array(values) if values else None
 
 
 # Every X page carries the profiles of its senders: the same few users, page after page. Unchanged ones are
@@ -188,7 +213,9 @@ def _users_param(provider: str, users: Iterable[UserRow]) -> dict[str, Any] | No
 
 def _page_params(account: Account, stream: Stream, run_id: str, write: PageWrite) -> dict[str, Any]:
     unique = {e.message_id: e for e in write.events}  # a page may repeat an event; ON CONFLICT needs it once
-    return {**_audit_values(account, stream, write.audit), "run_id": run_id, "rows": page_json(unique.values())}
+    seen = _text_array(dict.fromkeys(write.audit.message_ids)) if write.evidence else None
+    return {**_audit_values(account, stream, write.audit), "run_id": run_id, "rows": page_json(unique.values()),
+            "seen": seen, "fold": write.fold}
 
 
 def _text_array(values: Iterable[str]) -> str:

@@ -10,11 +10,13 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     Column,
+    Date,
     DateTime,
     Index,
     Integer,
     LargeBinary,
     MetaData,
+    SmallInteger,
     Table,
     Text,
     UniqueConstraint,
@@ -41,7 +43,7 @@ def _table(name: str, *items: SchemaItem, schema: str = PRIVATE) -> Table:
     return Table(name, metadata, *items, schema=schema)
 
 
-# The column kinds the tables share, each spelled once.
+# The column kinds the tables share, each spelled once (the dm_sync_audit tables still spell theirs out).
 def _key(name: str) -> Column[Any]:
     return Column(name, Text, primary_key=True)
 
@@ -166,42 +168,90 @@ oauth_tokens = _table(
 
 dm_sync_audit = Table(
     "dm_sync_audit", metadata,
-    Column("audit_id", BigInteger, primary_key=True, autoincrement=True),
+    # Range-partitioned by UTC month on finished_at, with a DEFAULT partition (migration 0009,
+    # db/audit_partitions.py). No primary key: on a partitioned table it must include finished_at, and
+    # (audit_id, finished_at) would cost 31 bytes a row that no query reads; audit_id is unique by its
+    # sequence. Fixed-width columns first (8, 4, 2, 1 bytes), then variable ones: no alignment padding. The
+    # rare counters are NULL rather than 0. A no-op tick's row: docs/architecture.md §14.
+    Column("audit_id", BigInteger, nullable=False,
+           server_default=text("nextval('dm_audit.dm_sync_audit_audit_id_seq'::regclass)")),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True), nullable=False, server_default=_now),
+    Column("retry_at", DateTime(timezone=True)),  # a parked stream: when the account is tried again
+    # A job row's requests, cost and events_received are its stream run's totals; a page row's, the page's.
+    Column("requests", Integer, nullable=False, server_default=text("0")),
+    # What the provider bills: X requests, Xquik credits, GetXAPI calls.
+    Column("cost", Integer, nullable=False, server_default=text("0")),
+    Column("events_received", Integer, nullable=False, server_default=text("0")),
+    Column("events_inserted", Integer, nullable=False, server_default=text("0")),
+    Column("events_updated", Integer, nullable=False, server_default=text("0")),
+    Column("page_seq", Integer),
+    # NULL means 0. Xquik: 1 credit per message returned; a job row holds those of the pages folded into it.
+    Column("credits", Integer),
+    Column("events_quarantined", Integer),
+    Column("partial_errors", Integer),  # 200 `errors` beside data
+    # Sweeps: events found missing upstream (marked), seen again (restored), content erased by policy.
+    Column("events_marked_deleted", Integer),
+    Column("events_restored", Integer),
+    Column("events_erased", Integer),
+    Column("http_status", SmallInteger),
+    # A job row: the pages folded into it (a one-page pass that changed nothing writes no page row).
+    Column("folded_pages", SmallInteger),
+    Column("gap_suspected", Boolean, nullable=False, server_default=text("false")),
+    Column("has_next_page", Boolean),
     Column("run_id", Text, nullable=False),
     Column("account_key", Text, nullable=False),
     Column("provider", Text, nullable=False),
     Column("stream_key", Text, nullable=False),
-    Column("endpoint", Text),
-    Column("row_kind", Text, nullable=False),      # 'page' (one per page fetched) or 'job' (terminal status)
-    Column("page_seq", Integer),
+    Column("row_kind", Text, nullable=False),      # 'page' or 'job' (one per stream run: its terminal status)
+    Column("job_status", Text, nullable=False),
+    Column("endpoint", Text),                      # page rows (a job row's stream has it in sync_state)
+    Column("error_code", Text),
+    Column("newest_id", Text),                     # what was seen: the newest and oldest IDs received
+    Column("oldest_id", Text),
     Column("cursor_in", Text),
     Column("cursor_out", Text),
-    Column("has_next_page", Boolean),
-    Column("http_status", Integer),
-    Column("requests", Integer, nullable=False, server_default=text("0")),
-    Column("events_received", Integer, nullable=False, server_default=text("0")),
-    Column("events_inserted", Integer, nullable=False, server_default=text("0")),
-    Column("events_updated", Integer, nullable=False, server_default=text("0")),
-    Column("events_quarantined", Integer, nullable=False, server_default=text("0")),
-    Column("message_ids", ARRAY(Text), nullable=False, server_default=text("'{}'")),
-    Column("media_refs", ARRAY(Text), nullable=False, server_default=text("'{}'")),
-    Column("newest_id", Text),
-    Column("oldest_id", Text),
-    Column("job_status", Text, nullable=False),
-    Column("error_code", Text),
-    Column("gap_suspected", Boolean, nullable=False, server_default=text("false")),
-    Column("credits", Integer, nullable=False, server_default=text("0")),  # Xquik: 1 per message returned
-    # What the provider bills: X requests, Xquik credits, GetXAPI calls.
-    Column("cost", Integer, nullable=False, server_default=text("0")),
-    Column("partial_errors", Integer, nullable=False, server_default=text("0")),  # 200 `errors` beside data
-    Column("retry_at", DateTime(timezone=True)),  # a parked stream: when the account is tried again
-    # Sweeps: events found missing upstream (marked), seen again (restored), content erased by policy.
-    Column("events_marked_deleted", Integer, nullable=False, server_default=text("0")),
-    Column("events_restored", Integer, nullable=False, server_default=text("0")),
-    Column("events_erased", Integer, nullable=False, server_default=text("0")),
-    Column("started_at", DateTime(timezone=True), nullable=False),
-    Column("finished_at", DateTime(timezone=True), nullable=False, server_default=_now),
+    Column("message_ids", ARRAY(Text)),            # the IDs the page inserted or updated (NULL: none)
+    Column("media_refs", ARRAY(Text)),             # the media of those events
+    # A page of a full walk (first pass, sweep): the IDs it returned that were stored unchanged, so that with
+    # message_ids the walk's pages name every ID it saw: the deletions judge's evidence (§4).
+    Column("unchanged_ids", ARRAY(Text)),
     CheckConstraint("row_kind IN ('page', 'job')", name="row_kind"),
+    schema=AUDIT,
+    postgresql_partition_by="RANGE (finished_at)",
+)
+
+dm_sync_audit_monthly = Table(
+    "dm_sync_audit_monthly", metadata,
+    # One row per account x stream x UTC month of the audit, rolled up daily (db/audit_partitions.py: closed
+    # months whole, the current one to date) and before the month's partition may be dropped: counts only.
+    # sync_health and the reconciliation check read these up to the watermark, the audit rows after it.
+    Column("month", Date, primary_key=True),       # the month's first day (UTC)
+    Column("account_key", Text, primary_key=True),
+    Column("stream_key", Text, primary_key=True),
+    Column("provider", Text, nullable=False),
+    Column("audit_rows", Integer, nullable=False),
+    Column("pages", Integer, nullable=False),      # page rows + pages folded into job rows
+    Column("runs", Integer, nullable=False),       # distinct runs within the month
+    Column("errors", Integer, nullable=False),     # failed jobs + pages with an error code (as sync_health)
+    Column("gap_rows", Integer, nullable=False),
+    Column("last_gap_at", DateTime(timezone=True)),
+    Column("last_page_at", DateTime(timezone=True)),
+    Column("requests", BigInteger, nullable=False),        # job rows' totals
+    Column("cost", BigInteger, nullable=False),
+    Column("credits", BigInteger, nullable=False),
+    Column("events_received", BigInteger, nullable=False),
+    # Rows inserted by the month's pages after last_erasure_at: what the reconciliation check counts (while
+    # no later erasure made them moot).
+    Column("events_inserted", BigInteger, nullable=False),
+    Column("events_updated", BigInteger, nullable=False),
+    Column("first_at", DateTime(timezone=True), nullable=False),
+    Column("last_at", DateTime(timezone=True), nullable=False),
+    # The row counts the month's audit rows before this instant (its end, or the start of a day of the current
+    # month); the latest `through` is the watermark after which readers take the audit rows themselves.
+    Column("through", DateTime(timezone=True), nullable=False),
+    Column("last_erasure_at", DateTime(timezone=True)),  # the account's last erasure when rolled up (or none)
+    Column("rolled_up_at", DateTime(timezone=True), nullable=False, server_default=_now),
     schema=AUDIT,
 )
 
@@ -289,5 +339,27 @@ Index(None, dm_history.c.message_id,
       postgresql_include=["edit_count", "last_changed_at", "account_key", "deleted_upstream_at"])
 Index(None, dm_history.c.conversation_id, dm_history.c.created_at)
 Index("ix_dm_history_account_key_utc_day", dm_history.c.account_key, text("((created_at AT TIME ZONE 'UTC')::date)"))
-Index(None, dm_sync_audit.c.account_key, dm_sync_audit.c.stream_key, dm_sync_audit.c.finished_at)
+# Migration 0009 (docs/architecture.md §14). Per stream and UTC day, so that B-tree deduplication stores a
+# stream's rows of a day as one key and its row pointers (~10 bytes a row; ~60 with finished_at in the key);
+# readers of a stream's last day give the day. Per run (deduplicated too); a BRIN index on the time.
+Index("ix_dm_sync_audit_account_key_stream_key_utc_day", dm_sync_audit.c.account_key, dm_sync_audit.c.stream_key,
+      text("((finished_at AT TIME ZONE 'UTC')::date)"))
 Index(None, dm_sync_audit.c.run_id)
+Index(None, dm_sync_audit.c.finished_at, postgresql_using="brin", postgresql_with={"autosummarize": "on"})
+# Partial indexes a no-op row never enters: a stream's last error (status, sync_health), the suspected gaps
+# (status, sync_health, the gap_suspected check), the page rows (the deletions judge, the reconciliation), the
+# parked jobs' cursors (with errors and pages: the rows the redaction check reads).
+Index("ix_dm_sync_audit_errors", dm_sync_audit.c.account_key, dm_sync_audit.c.stream_key,
+      dm_sync_audit.c.finished_at, postgresql_where=dm_sync_audit.c.error_code.is_not(None))
+Index("ix_dm_sync_audit_gaps", dm_sync_audit.c.account_key, dm_sync_audit.c.stream_key,
+      dm_sync_audit.c.finished_at, postgresql_where=dm_sync_audit.c.gap_suspected)
+Index("ix_dm_sync_audit_pages", dm_sync_audit.c.account_key, dm_sync_audit.c.stream_key,
+      dm_sync_audit.c.finished_at, postgresql_include=["events_inserted"],
+      postgresql_where=text("row_kind = 'page'"))
+Index("ix_dm_sync_audit_parked", dm_sync_audit.c.account_key, dm_sync_audit.c.stream_key,
+      dm_sync_audit.c.finished_at, postgresql_where=text("row_kind = 'job' AND cursor_out IS NOT NULL"))
+# What sync_health and the reconciliation read per stream, in the index (index-only scans).
+Index(None, dm_sync_audit_monthly.c.account_key, dm_sync_audit_monthly.c.stream_key, dm_sync_audit_monthly.c.month,
+      postgresql_include=["pages", "runs", "errors", "gap_rows", "last_gap_at", "last_page_at", "credits",
+                          "events_inserted", "last_erasure_at"])
+Index(None, dm_sync_audit_monthly.c.through)

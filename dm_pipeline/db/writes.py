@@ -33,6 +33,7 @@ from dm_pipeline.db.statements import (
     _event_json,
     _json_default,
     _json_text,
+    _nonempty_array,
     _page_params,
     _state_params,
     _text_array,
@@ -47,7 +48,8 @@ from dm_pipeline.models import Account, EventRow, Page, Stream
 __all__ = [
     "_AUDIT_PAGE_COLUMNS", "_CHANGING", "_EVENT_COLUMNS", "_EVENT_NAMES", "_INSERT_AUDIT", "_UPSERT_PAGE",
     "_UPSERT_STATE", "_UPSERT_USERS", "AuditEntry", "PageWrite", "StreamState", "_audit_values", "_cast",
-    "_event_json", "_json_default", "_json_text", "_page_params", "_state_params", "_text_array", "_users_param",
+    "_event_json", "_json_default", "_json_text", "_nonempty_array", "_page_params", "_state_params", "_text_array",
+    "_users_param",
     "commit_pages", "connection_lost", "finish_stream", "insert_audit", "page_json", "prepare_page", "read_state",
     "read_states", "stream_lock", "upsert_side_data", "utcnow", "write_state",
 ]
@@ -86,7 +88,12 @@ class StreamState:
 
 @dataclass(frozen=True)
 class AuditEntry:
-    """The redacted audit columns of one page or one terminal job status: IDs, cursors, counts."""
+    """The redacted audit columns of one page or one terminal job status: IDs, cursors, counts.
+
+    On a page, `message_ids` are the IDs it returned: its statement records those it inserted or updated
+    (and, on a full walk, the unchanged rest as evidence), and `media_refs` are recomputed from what it
+    wrote. On a job row, `folded_pages`, `credits`, `newest_id` and `oldest_id` carry the figures of the
+    pages that wrote no row of their own (docs/architecture.md §14)."""
 
     run_id: str
     row_kind: str                        # 'page' | 'job'
@@ -110,6 +117,7 @@ class AuditEntry:
     cost: int = 0
     partial_errors: int = 0
     retry_at: datetime | None = None
+    folded_pages: int = 0
 
 
 @dataclass(frozen=True)
@@ -124,6 +132,11 @@ class PageWrite:
     params: dict[str, Any] | None = field(default=None, repr=False, compare=False)
     full_walk: bool = False              # the page that completes a walk of the whole stream (first pass, sweep)
     judge: SweepJudge | None = None      # with full_walk: judge the stream's stored events (deletions.py)
+    # A page of a pass that may complete a judged walk (no stop): its audit row keeps every ID it saw.
+    evidence: bool = False
+    # A one-page pass closing at the top: if it changes nothing, it writes no audit row and the stream's job
+    # row carries its figures (committer.PageCommitter.job_figures).
+    fold: bool = False
 
 
 def _state_of(row: Any) -> StreamState:
@@ -176,7 +189,9 @@ def insert_audit(conn: Connection, account: Account, stream: Stream, entry: Audi
                  updated: int = 0) -> None:
     # A plain INSERT of these columns, prepared once per connection (see _driver_execute).
     _driver_execute(conn, _INSERT_AUDIT, {**_audit_values(account, stream, entry), "events_inserted": inserted,
-                                          "events_updated": updated})
+                                          "events_updated": updated,
+                                          "message_ids": _nonempty_array(entry.message_ids),
+                                          "media_refs": _nonempty_array(entry.media_refs)})
 
 
 def upsert_side_data(conn: Connection, account: Account, stream: Stream, run_id: str, page: Page) -> None:

@@ -1,17 +1,16 @@
 """`dm_history` + `dm_sync_audit`: one multi-asset, partitioned by account. Thin: resolve the accounts of
 the run, call the engine, report counts and cursors (never text), evaluate the checks."""
 
-import os
 from collections.abc import Iterator
 from typing import Any
 
 import dagster as dg
 
 from dm_pipeline import checks
-from dm_pipeline.defs.partitions import accounts_partitions
+from dm_pipeline.defs.partitions import ACCOUNTS_PER_RUN, MAX_ACCOUNTS_PER_RUN, accounts_partitions
 from dm_pipeline.defs.resources import ProvidersResource, WarehouseResource, env_var_token
 from dm_pipeline.models import StreamStatus, SyncResult
-from dm_pipeline.runner import sync_accounts
+from dm_pipeline.runner import PER_PROVIDER, POOL_SIZE, sync_accounts
 from dm_pipeline.settings import load_settings
 from dm_pipeline.sync import RunLimits
 
@@ -19,14 +18,12 @@ from dm_pipeline.sync import RunLimits
 TRANSIENT_CODES = frozenset({"service_unavailable", "transport_error", "malformed_response", "database_unavailable",
                              "commit_failed"})
 SWEEP_TAG = "dm_pipeline/sweep"
-# A UI backfill of 1,000 accounts starts at most ceil(1000 / N) runs; accounts sync concurrently inside.
-ACCOUNTS_PER_RUN = int(os.environ.get("DM_PIPELINE_ACCOUNTS_PER_RUN", "50"))
 
 
 class SyncConfig(dg.Config):
     sweep: bool = False            # re-walk whole streams to refresh edits (still checkpointed per page)
     max_pages: int | None = None   # per stream; default from settings
-    per_provider: int = 4          # accounts of one provider syncing at once inside this run
+    per_provider: int = PER_PROVIDER  # accounts of one provider syncing at once inside this run
     freshness_max_lag_s: float = 3600.0
 
 
@@ -148,7 +145,8 @@ CHECKS = [
     ],
     check_specs=CHECKS,
     partitions_def=accounts_partitions,
-    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=ACCOUNTS_PER_RUN),
+    # A UI backfill of N accounts starts ceil(N / per run) runs; accounts sync concurrently inside each.
+    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=ACCOUNTS_PER_RUN or MAX_ACCOUNTS_PER_RUN),
     can_subset=False,
     pool="dm_sync",
     retry_policy=dg.RetryPolicy(max_retries=2, delay=5),  # safe: every page is a checkpoint
@@ -162,7 +160,7 @@ def dm_history_assets(context: dg.AssetExecutionContext, config: SyncConfig, war
                        poll_interval_s=settings.poll_interval_s,
                        write_ahead=settings.write_ahead,
                        sweep=sweep)
-    engine = warehouse.engine()
+    engine = warehouse.engine(POOL_SIZE)
     results = sync_accounts(engine, accounts, context.run_id, limits, per_provider=config.per_provider,
                             lookup=env_var_token)
     # One event for the run, one line per account: a log call is an event-log write (a thousand of them
@@ -201,6 +199,8 @@ def dm_history_assets(context: dg.AssetExecutionContext, config: SyncConfig, war
 
 # A run that hangs (a host that never finishes answering, a stuck database) is stopped by the daemon's run
 # monitoring after DM_PIPELINE_RUN_TIMEOUT_S, so it frees its provider's run slot (dagster.yaml).
+# A run is one step: it executes in the run's own process (the default executor would start a second
+# process for it, importing Dagster and the project again: ~1.5 s of CPU per run); retries and pools hold.
 dm_sync_job = dg.define_asset_job("dm_sync_job", selection=[dm_history_assets],
-                                  partitions_def=accounts_partitions,
+                                  partitions_def=accounts_partitions, executor_def=dg.in_process_executor,
                                   tags={"dagster/max_runtime": str(int(load_settings().run_timeout_s))})

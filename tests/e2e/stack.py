@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,6 +125,12 @@ def accounts_yaml(accounts: Sequence[Account]) -> str:
                 f"    base_url: {a.base_url}", f"    page_size: {a.page_size}"]
         if a.token_env:
             out.append(f"    token_env: {a.token_env}")
+        if a.conversation_ids or a.discover_conversations:
+            out.append("    conversations:")
+            if a.conversation_ids:
+                out.append("      ids: [" + ", ".join(f'"{c}"' for c in a.conversation_ids) + "]")
+            if a.discover_conversations:
+                out.append("      discover: true")
         if a.provider is Provider.XQUIK:
             out += [f"    handle: {a.handle}", "    partners: [" + ", ".join(f'"{p}"' for p in a.partners) + "]"]
         if a.provider is Provider.GETXAPI:
@@ -165,12 +171,13 @@ def credentials_env(world: Any, accounts: Sequence[Account]) -> dict[str, str]:
 
 
 def truth_routes(world: Any, account: Account) -> list[str]:
-    """The simulator routes whose union is what `account` should hold after a full sync."""
+    """The simulator routes whose union is what `account` should hold after a full sync (X: the inbox and
+    each listed conversation's full history)."""
     if account.provider is Provider.XQUIK:
         return [f"xquik:{p}" for p in account.partners]
     if account.provider is Provider.GETXAPI:
         return [f"getxapi:{t}" for t in account.tabs]
-    return ["dm_events"]
+    return ["dm_events", *(f"dm_conversation:{c}" for c in account.conversation_ids)]
 
 
 # ---------------------------------------------------------------------------------- instance
@@ -263,11 +270,16 @@ class DagsterStack:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def _spawn(self, name: str, argv: list[str]) -> Service:
+    def _spawn(self, name: str, argv: list[str], extra: Mapping[str, str] | None = None,
+               drop: Collection[str] = ()) -> Service:
+        """`argv` in its own process group, on this process's environment plus `env` and `extra`, without
+        `unset` and `drop`."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_dir / f"{name}.log"
+        hidden = {*self.unset, *drop}
         with log.open("wb") as out:
-            env = {k: v for k, v in {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}.items() if k not in self.unset}
+            env = {k: v for k, v in {**os.environ, **self.env, **(extra or {}), "PYTHONUNBUFFERED": "1"}.items()
+                   if k not in hidden}
             proc = subprocess.Popen(argv, cwd=PROJECT_ROOT, env=env,
                                     stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                     start_new_session=True)  # own process group: SIGTERM reaches all of it

@@ -1,10 +1,11 @@
-"""The UI backfill as a person does it, in a real browser, on `make dev`'s own stack and the shipped accounts
-file: `dm-pipeline dev` (what `make dev` execs) starts dagster dev and the simulator with its credentials;
-headless Chromium (Debian's package, driven by Playwright) opens the dm_history asset, Materialize… →
-All partitions → Launch backfill, follows the toast to the backfill, and opens each partition. Asserted: the
-accounts sensor's first runs and the backfill succeed with no credential in the test's environment, every
-default account's partition shows its *own* figures (those of its rows in the audit of the backfill's run),
-and the warehouse equals the simulator's truth account by account.
+"""The UI backfill as a person does it, in a real browser, on `make dev`'s own stack, over 20 account
+partitions (the shipped accounts file and 16 more accounts on the same simulator): `dm-pipeline dev` (what
+`make dev` execs) starts dagster dev and the simulator with its credentials; headless Chromium (Debian's
+package, driven by Playwright) opens the dm_history asset, Materialize… → All partitions → Launch backfill,
+follows the toast to the backfill, and opens each partition. Asserted: the accounts sensor's first runs and
+the backfill succeed with no credential in the test's environment, every account's partition shows its *own*
+figures (those of its rows in the audit of the backfill's run), and the warehouse equals the simulator's
+truth account by account.
 
 Nothing sleeps: the browser waits on selectors, the stack on GraphQL polls bounded by deadlines, and the
 whole test by pytest-timeout. `DM_UI_SCREENSHOTS=docs/img` also writes the screenshots used in
@@ -15,12 +16,11 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import URL, Engine, text
+from sqlalchemy import Engine, text
 
 from dm_pipeline.accounts import load_accounts, required_env
 from dm_pipeline.mainjob import SIM_SEED
@@ -30,7 +30,6 @@ from tests.e2e.stack import (
     TERMINAL_BACKFILL,
     DevStack,
     free_port,
-    fresh_dagster_database,
     instance_env,
     wait_for,
     write_dagster_home,
@@ -47,10 +46,39 @@ query Runs {
 }"""
 
 
-@pytest.fixture
-def dagster_pg_url(pg_server: URL) -> Iterator[str]:
-    with fresh_dagster_database(pg_server) as url:
-        yield url
+def twenty_accounts(path: Path) -> Path:
+    """The shipped accounts file plus 16 accounts of other simulated users, written as a person adds them
+    (X accounts and GetXAPI inboxes on the simulator's address, each with its own credential variable):
+    20 partitions, as the issue asks of the UI backfill. `dm-pipeline dev` exports the credentials of all."""
+    from dm_pipeline.simulator import World
+
+    shipped = DEFAULT_ACCOUNTS.read_text(encoding="utf-8")
+    taken = {(a.provider, a.user_id) for a in load_accounts(DEFAULT_ACCOUNTS)}
+    extra: list[str] = []
+    for provider in (Provider.X, Provider.GETXAPI):
+        for user in World(seed=SIM_SEED).users():
+            if len(extra) == 20 - len(taken) or (provider, user.id) in taken:
+                continue
+            name = re.sub(r"[^a-z0-9]", "", user.username.lower())
+            if provider is Provider.X:
+                extra.append(f"""
+  - key: x-{name}
+    provider: x
+    user_id: "{user.id}"
+    base_url: ${{DM_X_BASE_URL:-http://127.0.0.1:${{DM_SIMULATOR_PORT:-8765}}}}
+    token_env: DM_X_TOKEN_{name.upper()}
+""")
+            else:
+                extra.append(f"""
+  - key: getxapi-{name}
+    provider: getxapi
+    user_id: "{user.id}"
+    base_url: ${{DM_GETXAPI_BASE_URL:-http://127.0.0.1:${{DM_SIMULATOR_PORT:-8765}}/getxapi}}
+    token_env: DM_GETXAPI_API_KEY
+    auth_token_env: DM_GETXAPI_AUTH_{name.upper()}
+""")
+    path.write_text(shipped.rstrip("\n") + "\n" + "".join(extra), encoding="utf-8")
+    return path
 
 
 def credential_names(accounts: list[Account]) -> list[str]:
@@ -80,7 +108,9 @@ def truth_of(world: Any, account: Account) -> dict[str, tuple[object, ...]]:
 def audited(engine: Engine, run_ids: list[str]) -> dict[str, dict[str, int]]:
     with engine.connect() as conn:
         rows = conn.execute(text(
-            "SELECT account_key, count(*) FILTER (WHERE row_kind = 'page') AS pages, "
+            # a no-op page writes no row of its own: its job row counts it in folded_pages
+            "SELECT account_key, "
+            "count(*) FILTER (WHERE row_kind = 'page') + coalesce(sum(folded_pages), 0) AS pages, "
             "coalesce(sum(requests) FILTER (WHERE row_kind = 'job'), 0) AS requests, "
             "coalesce(sum(events_inserted), 0) AS events_inserted "
             "FROM dm_audit.dm_sync_audit WHERE run_id = ANY(:r) GROUP BY account_key"), {"r": run_ids}).mappings()
@@ -114,10 +144,12 @@ def test_a_ui_backfill_in_a_browser_on_make_dev(browser_page: Any, tmp_path: Pat
         monkeypatch.delenv(name, raising=False)
     sim_port = free_port()
     monkeypatch.setenv("DM_SIMULATOR_PORT", str(sim_port))
-    accounts = load_accounts(DEFAULT_ACCOUNTS)
+    accounts_file = twenty_accounts(tmp_path / "accounts.yaml")
+    accounts = load_accounts(accounts_file)
     keys = [a.key for a in accounts]
+    assert len(keys) == 20 and len({a.provider for a in accounts}) == 3, keys
     names = credential_names(accounts)
-    env = instance_env(tmp_path / "home", dagster_pg_url, db_url, DEFAULT_ACCOUNTS, {
+    env = instance_env(tmp_path / "home", dagster_pg_url, db_url, accounts_file, {
         "DM_SIMULATOR_PORT": str(sim_port),
         "DM_PIPELINE_CRON": "0 0 1 1 *",   # the schedule must not tick into the test
     })
@@ -130,7 +162,7 @@ def test_a_ui_backfill_in_a_browser_on_make_dev(browser_page: Any, tmp_path: Pat
     with stack:
         timings["stack_ready_s"] = time.monotonic() - t0
 
-        # The accounts sensor registers the four partitions and launches their first runs; they succeed.
+        # The accounts sensor registers the 20 partitions and launches their first runs; they succeed.
         def sensor_runs_done() -> list[dict[str, Any]] | None:
             runs = stack.graphql(RUNS)["runsOrError"]["results"]
             done = runs and all(r["status"] in {"SUCCESS", "FAILURE", "CANCELED"} for r in runs)
@@ -208,7 +240,7 @@ def test_a_ui_backfill_in_a_browser_on_make_dev(browser_page: Any, tmp_path: Pat
 
         socket.create_connection(("127.0.0.1", sim_port), timeout=2).close()
 
-    # The warehouse: every default account equals the simulator's truth, each row audited once.
+    # The warehouse: every account equals the simulator's truth, each row audited once.
     from dm_pipeline.simulator import World
 
     world = World(seed=SIM_SEED)

@@ -13,14 +13,13 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from sqlalchemy import URL, Engine, text
+from sqlalchemy import Engine, text
 
 from dm_pipeline.defs.partitions import accounts_partitions
 from tests.e2e.stack import (
     DagsterStack,
     accounts_yaml,
     credentials_env,
-    fresh_dagster_database,
     instance_env,
     mixed_accounts,
     runs_bound,
@@ -33,12 +32,6 @@ PER_RUN = 2
 N_ACCOUNTS = 5
 ASSETS = ["dm_history", "dm_sync_audit"]
 CHECKS = {"reconciliation", "freshness", "gap_suspected", "sweep_freshness", "redaction"}
-
-
-@pytest.fixture
-def dagster_pg_url(pg_server: URL) -> Iterator[str]:
-    with fresh_dagster_database(pg_server) as url:
-        yield url
 
 
 @pytest.fixture

@@ -131,6 +131,45 @@ def test_the_redaction_check_catches_a_text_in_the_audit(engine, db_url, sim, ac
     assert checks.reconciliation(engine, [account.key]).passed
 
 
+def test_the_redaction_check_finds_a_text_inside_a_value_of_the_run(engine, sim, accounts_file) -> None:  # type: ignore[no-untyped-def]
+    """Containment, for texts of each prefix size (8, 16, 32, 64 characters and longer), at any position."""
+    import uuid
+
+    from sqlalchemy import text
+
+    from dm_pipeline import checks
+    from dm_pipeline.runner import sync_accounts
+    from dm_pipeline.sync import RunLimits
+
+    account, run_id = accounts_file[0], f"leak-{uuid.uuid4()}"
+    sync_accounts(engine, [account], run_id, RunLimits())
+    assert checks.redaction(engine, [account.key], run_id).passed
+    with engine.connect() as conn:
+        ids = list(conn.scalars(text("SELECT message_id FROM dm_private.dm_history WHERE account_key = :k "
+                                     "ORDER BY message_id LIMIT 6"), {"k": account.key}))
+    lengths = (8, 15, 16, 40, 64, 150)  # each side of each prefix size
+    leaks = {m: "".join(chr(0x61 + (i + j) % 26) for j in range(n - 1)) + "ü"
+             for i, (m, n) in enumerate(zip(ids, lengths, strict=True))}
+    with engine.begin() as conn:  # each text, inside a different audit value of the run, at a different offset
+        for message_id, leaked in leaks.items():
+            conn.execute(text("UPDATE dm_private.dm_history SET text = :t WHERE account_key = :k AND message_id = :m"),
+                         {"t": leaked, "k": account.key, "m": message_id})
+        inside = ["x" * i + "<" + t + ">" for i, t in enumerate(leaks.values())]
+        for row, values in (("max", inside[:3]), ("min", inside[3:])):  # the strings of two of the run's rows
+            conn.execute(text(f"UPDATE dm_audit.dm_sync_audit SET cursor_in = :a, cursor_out = :b, error_code = :c "
+                              f"WHERE audit_id = (SELECT {row}(audit_id) FROM dm_audit.dm_sync_audit "
+                              "WHERE run_id = :r)"),
+                         {"a": values[0], "b": values[1], "c": values[2], "r": run_id})
+    found = checks.redaction(engine, [account.key], run_id).metadata["leaking_message_ids"]
+    assert sorted(found) == sorted(leaks)
+    assert checks.redaction(engine, [account.key], "another-run").passed  # containment: the run's values only
+    with engine.begin() as conn:  # an ID array element equal to a text: equality, whatever the run
+        conn.execute(text("UPDATE dm_audit.dm_sync_audit SET message_ids = message_ids || CAST(:t AS text) "
+                          "WHERE audit_id = (SELECT max(audit_id) FROM dm_audit.dm_sync_audit WHERE run_id = :r)"),
+                     {"t": next(iter(leaks.values())), "r": run_id})
+    assert checks.redaction(engine, [account.key], "another-run").metadata["leaking_message_ids"] == [next(iter(leaks))]
+
+
 def test_the_schedule_requests_one_run_per_chunk_of_accounts() -> None:
     from dm_pipeline.defs.automation import chunked_run_requests
 

@@ -57,7 +57,8 @@ def run(engine: Engine, fake: FakeX, account: Account) -> SyncResult:
 def audit(engine: Engine, stream_key: str) -> list[tuple[Any, ...]]:
     with engine.connect() as conn:
         return [tuple(r) for r in conn.execute(text(
-            "SELECT row_kind, job_status, http_status, requests, error_code, partial_errors, events_inserted "
+            "SELECT row_kind, job_status, http_status, requests, error_code, coalesce(partial_errors, 0), "
+            "events_inserted "  # partial_errors: NULL means none (migration 0009)
             "FROM dm_audit.dm_sync_audit WHERE stream_key = :s ORDER BY audit_id"), {"s": stream_key})]
 
 

@@ -348,7 +348,11 @@ def run_cell(cell: Cell, engine: Engine, sim: Any, env: dict[str, str]) -> Obser
         job = conn.execute(text("SELECT job_status, error_code, run_id FROM dm_audit.dm_sync_audit "
                                 "WHERE row_kind = 'job' AND account_key = :k AND stream_key = :s "
                                 "ORDER BY audit_id DESC LIMIT 1"), {"k": account.key, "s": stream_key}).one()
-        pages = conn.execute(text("SELECT message_ids FROM dm_audit.dm_sync_audit WHERE run_id = :r "
+        # Every ID a page saw that its audit row names: those it wrote, and on a walk the rest (migration
+        # 0009), newest first as the streams serve them.
+        pages = conn.execute(text("SELECT ARRAY(SELECT i FROM unnest(coalesce(message_ids, '{}') || "
+                                  "coalesce(unchanged_ids, '{}')) AS i ORDER BY length(i) DESC, i DESC) "
+                                  "FROM dm_audit.dm_sync_audit WHERE run_id = :r "
                                   "AND stream_key = :s AND row_kind = 'page' ORDER BY audit_id"),
                              {"r": job.run_id, "s": stream_key}).scalars().all()
         inserted, audited = conn.execute(text(
