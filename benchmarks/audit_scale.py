@@ -103,8 +103,18 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--keep", action="store_true", help="keep the database (its URL is printed), to look at "
                         "the plans afterwards")
+    parser.add_argument("--explain-only", metavar="URL", default=None,
+                        help="a database kept by --keep: measure its queries again, without loading or dropping")
     args = parser.parse_args()
     results: dict[str, Any] = {"rows": args.rows, "accounts": args.accounts, "streams": args.accounts * STREAMS}
+    if args.explain_only:
+        engine = create_engine(args.explain_only, pool_size=2)
+        results |= {"sizes": sizes(engine), "queries": explain_all(engine, args.accounts, datetime.now(UTC))}
+        engine.dispose()
+        print(json.dumps({k: q["ms"] for k, q in results["queries"].items()}, indent=1))
+        if args.out:
+            args.out.write_text(json.dumps(results, indent=2, default=str) + "\n")
+        return
     with _database(args.keep) as url:
         engine = create_engine(url, pool_size=2)
         now = datetime.now(UTC)

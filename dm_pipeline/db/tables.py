@@ -350,7 +350,8 @@ Index(None, dm_sync_audit.c.finished_at, postgresql_using="brin", postgresql_wit
 # (status, sync_health, the gap_suspected check), the page rows (the deletions judge, the reconciliation), the
 # parked jobs' cursors (with errors and pages: the rows the redaction check reads).
 Index("ix_dm_sync_audit_errors", dm_sync_audit.c.account_key, dm_sync_audit.c.stream_key,
-      dm_sync_audit.c.finished_at, postgresql_where=dm_sync_audit.c.error_code.is_not(None))
+      dm_sync_audit.c.finished_at, postgresql_include=["error_code", "http_status"],
+      postgresql_where=dm_sync_audit.c.error_code.is_not(None))
 Index("ix_dm_sync_audit_gaps", dm_sync_audit.c.account_key, dm_sync_audit.c.stream_key,
       dm_sync_audit.c.finished_at, postgresql_where=dm_sync_audit.c.gap_suspected)
 Index("ix_dm_sync_audit_pages", dm_sync_audit.c.account_key, dm_sync_audit.c.stream_key,

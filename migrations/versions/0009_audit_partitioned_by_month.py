@@ -144,9 +144,9 @@ INDEXES = [
     f"CREATE INDEX ix_dm_sync_audit_run_id ON {AUDIT} (run_id)",   # deduplicated too: a run covers many streams
     # The rows are appended in time order: a BRIN index (one entry per 128 pages) finds the last day's pages.
     f"CREATE INDEX ix_dm_sync_audit_finished_at ON {AUDIT} USING brin (finished_at) WITH (autosummarize = on)",
-    # status (the last error of a stream), sync_health (errors): only rows with an error.
+    # status (the last error of every stream, index-only), sync_health (errors): only rows with an error.
     f"CREATE INDEX ix_dm_sync_audit_errors ON {AUDIT} (account_key, stream_key, finished_at) "
-    "WHERE error_code IS NOT NULL",
+    "INCLUDE (error_code, http_status) WHERE error_code IS NOT NULL",
     # status, sync_health and the gap_suspected check: only the rows that suspect a gap.
     f"CREATE INDEX ix_dm_sync_audit_gaps ON {AUDIT} (account_key, stream_key, finished_at) WHERE gap_suspected",
     # Page rows only (a no-op tick writes none): the deletions judge (a walk's pages) and the reconciliation

@@ -1,5 +1,5 @@
 """The UI backfill as a person does it, in a real browser, on `make dev`'s own stack, over 20 account
-partitions (the shipped accounts file and 16 more accounts on the same simulator): `dm-pipeline dev` (what
+partitions (the shipped accounts file and 16 more connections of the simulator's accounts): `dm-pipeline dev` (what
 `make dev` execs) starts dagster dev and the simulator with its credentials; headless Chromium (Debian's
 package, driven by Playwright) opens the dm_history asset, Materialize… → All partitions → Launch backfill,
 follows the toast to the backfill, and opens each partition. Asserted: the accounts sensor's first runs and
@@ -47,37 +47,39 @@ query Runs {
 
 
 def twenty_accounts(path: Path) -> Path:
-    """The shipped accounts file plus 16 accounts of other simulated users, written as a person adds them
-    (X accounts and GetXAPI inboxes on the simulator's address, each with its own credential variable):
-    20 partitions, as the issue asks of the UI backfill. `dm-pipeline dev` exports the credentials of all."""
+    """The shipped accounts file plus 16 more entries, written as a person adds them: 20 partitions, as the
+    issue asks of the UI backfill. `make dev`'s simulator serves three accounts, so the extra entries are
+    further X and GetXAPI connections of those three (page sizes 20, 50 and 100), each with a credential
+    variable of its own; `dm-pipeline dev` exports the simulator's credentials for all of them."""
     from dm_pipeline.simulator import World
 
-    shipped = DEFAULT_ACCOUNTS.read_text(encoding="utf-8")
-    taken = {(a.provider, a.user_id) for a in load_accounts(DEFAULT_ACCOUNTS)}
+    world = World(seed=SIM_SEED)
+    users = [world.user(uid) for uid in world.accounts()]
     extra: list[str] = []
-    for provider in (Provider.X, Provider.GETXAPI):
-        for user in World(seed=SIM_SEED).users():
-            if len(extra) == 20 - len(taken) or (provider, user.id) in taken:
-                continue
-            name = re.sub(r"[^a-z0-9]", "", user.username.lower())
-            if provider is Provider.X:
-                extra.append(f"""
+    for n in range(2, 6):
+        for user in users:
+            name = f"{user.username.split('_')[0]}-{n}"
+            var = name.upper().replace("-", "_")
+            size = (20, 50, 100)[n % 3]
+            extra.append(f"""
   - key: x-{name}
     provider: x
     user_id: "{user.id}"
     base_url: ${{DM_X_BASE_URL:-http://127.0.0.1:${{DM_SIMULATOR_PORT:-8765}}}}
-    token_env: DM_X_TOKEN_{name.upper()}
+    token_env: DM_X_TOKEN_{var}
+    page_size: {size}
 """)
-            else:
-                extra.append(f"""
+            extra.append(f"""
   - key: getxapi-{name}
     provider: getxapi
     user_id: "{user.id}"
     base_url: ${{DM_GETXAPI_BASE_URL:-http://127.0.0.1:${{DM_SIMULATOR_PORT:-8765}}/getxapi}}
     token_env: DM_GETXAPI_API_KEY
-    auth_token_env: DM_GETXAPI_AUTH_{name.upper()}
+    auth_token_env: DM_GETXAPI_AUTH_{var}
+    page_size: {size}
 """)
-    path.write_text(shipped.rstrip("\n") + "\n" + "".join(extra), encoding="utf-8")
+    shipped = DEFAULT_ACCOUNTS.read_text(encoding="utf-8").rstrip("\n")
+    path.write_text(shipped + "\n" + "".join(extra[:16]), encoding="utf-8")
     return path
 
 
