@@ -11,7 +11,7 @@ and `dm-pipeline run`'s summary, printing each one's execution time. Last, the t
 (`audit prune` with a shorter retention) and the whole one's drop is timed.
 
     .venv/bin/python -m benchmarks.audit_scale [--rows 1000000] [--accounts 10000] [--out results.json]
-    .venv/bin/python -m benchmarks.audit_scale --rows 100000000      # ~35 GB of disk, hours on 2 cores
+    .venv/bin/python -m benchmarks.audit_scale --rows 100000000      # 26 GB of disk, ~30 min on 2 cores
 
 The queries are captured from the real functions (a cursor hook), so what is measured is what runs.
 """
