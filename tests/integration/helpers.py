@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 from typing import Any
 
 from sqlalchemy import Engine, text
 
 from dm_pipeline.providers.base import parse_timestamp
+from dm_pipeline.settings import PROJECT_ROOT
 
 
 def truth_rows(truth: list[dict[str, Any]]) -> dict[str, tuple[Any, ...]]:
@@ -41,3 +45,20 @@ def assert_equals_truth(engine: Engine, account_key: str, truth: list[dict[str, 
     differing = [k for k in expected if expected[k] != stored[k]]
     assert not differing, f"{len(differing)} events differ, e.g. {differing[:3]}"
     assert audit_inserted_total(engine, account_key) == len(stored)
+
+
+def simulator_serve_process(env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """`dm-pipeline simulator serve --port 0`, as a person runs it in a terminal, where Ctrl-C (SIGINT)
+    stops it. A test run started as a background job of a shell without job control (`nohup make test &`)
+    ignores SIGINT, and a child inherits an ignored signal (it would never stop); a handled one is reset to
+    its default at exec. So the child is started while SIGINT is handled here."""
+    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen([sys.executable, "-m", "dm_pipeline.cli", "simulator", "serve", "--port", "0"],
+                                cwd=PROJECT_ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env=env)
+    finally:
+        if ignored:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)

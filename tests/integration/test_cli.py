@@ -13,6 +13,7 @@ from pathlib import Path
 from sqlalchemy import create_engine, text
 
 from dm_pipeline.settings import PROJECT_ROOT
+from tests.integration.helpers import simulator_serve_process
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -106,8 +107,7 @@ def test_simulator_serve_prints_what_a_sync_against_it_needs(tmp_path: Path, db_
     env = dict(os.environ)
     for name in ("DM_X_BASE_URL", "DM_XQUIK_BASE_URL", "DM_GETXAPI_BASE_URL"):
         env.pop(name, None)
-    proc = subprocess.Popen([sys.executable, "-m", "dm_pipeline.cli", "simulator", "serve", "--port", "0"],
-                            cwd=PROJECT_ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc = simulator_serve_process(env)
     try:
         assert proc.stdout is not None
         lines = []

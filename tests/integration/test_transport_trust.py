@@ -11,8 +11,6 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,9 +23,10 @@ import pytest
 from dm_pipeline.errors import ConfigError
 from dm_pipeline.mainjob import SIM_SEED, simulator_credentials, simulator_if_needed
 from dm_pipeline.models import Account, Provider
-from dm_pipeline.settings import PROJECT_ROOT, Settings, load_settings
+from dm_pipeline.settings import Settings, load_settings
 from dm_pipeline.simulator import Simulator, World
 from dm_pipeline.simulator.control import SERVICE, proof_for
+from tests.integration.helpers import simulator_serve_process
 from tests.integration.test_cli_errors import audit_rows, cli, one_clear_line
 from tests.integration.test_cli_sync import stream_lines
 
@@ -225,8 +224,7 @@ def test_the_prove_route_answers_the_nonce_and_refuses_a_malformed_one(sim: Simu
 def test_simulator_serve_on_the_port_is_accepted_by_sync(tmp_path: Path, db_url: str) -> None:
     """`dm-pipeline simulator serve` (seed 7 by default) already on DM_SIMULATOR_PORT: `sync` proves it is the
     simulator, exports its credentials for the accounts on it, and syncs against it."""
-    serve = subprocess.Popen([sys.executable, "-m", "dm_pipeline.cli", "simulator", "serve", "--port", "0"],
-                             cwd=PROJECT_ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    serve = simulator_serve_process()
     try:
         assert serve.stdout is not None
         port = None
