@@ -195,9 +195,8 @@ MONTHLY_INDEXES = [
 # The first instant not rolled up (the roll-ups hold every audit row before it), or -infinity.
 WATERMARK = "(SELECT coalesce(max(r.through), '-infinity') FROM dm_audit.dm_sync_audit_monthly r)"
 
-# The same columns as 0003's view: the roll-ups up to the watermark (closed months, and the current one up to
-# the start of the day), the audit rows after it (at most about a day), and errors_24h from the errors index.
-SYNC_HEALTH = f"""
+# The view's head, the stream's own state: the same in 0003's view and in this one.
+SYNC_HEALTH_STATE = """
 CREATE VIEW dm_analytics.sync_health AS
 SELECT s.account_key,
        s.stream_key,
@@ -213,7 +212,11 @@ SELECT s.account_key,
        s.pass_sweep,
        s.high_water_id,
        s.updated_at,
-       coalesce(m.pages, 0) + coalesce(a.pages, 0) AS pages,
+"""
+
+# The same columns as 0003's view: the roll-ups up to the watermark (closed months, and the current one up to
+# the start of the day), the audit rows after it (at most about a day), and errors_24h from the errors index.
+SYNC_HEALTH = SYNC_HEALTH_STATE + f"""       coalesce(m.pages, 0) + coalesce(a.pages, 0) AS pages,
        coalesce(m.runs, 0) + coalesce(a.runs, 0) AS runs,
        coalesce(m.errors, 0) + coalesce(a.errors, 0) AS errors,
        coalesce(d.errors_24h, 0) AS errors_24h,
@@ -252,23 +255,7 @@ LEFT JOIN LATERAL (
 ) AS d ON true"""
 
 # 0003's view, as it was (downgrade).
-SYNC_HEALTH_0003 = """
-CREATE VIEW dm_analytics.sync_health AS
-SELECT s.account_key,
-       s.stream_key,
-       s.provider,
-       s.endpoint,
-       s.last_status,
-       s.last_error_code,
-       s.last_success_at,
-       now() - s.last_success_at AS lag,
-       s.pass_started_at IS NOT NULL AS pass_in_progress,
-       s.pass_started_at,
-       s.pass_pages,
-       s.pass_sweep,
-       s.high_water_id,
-       s.updated_at,
-       coalesce(a.pages, 0) AS pages,
+SYNC_HEALTH_0003 = SYNC_HEALTH_STATE + """       coalesce(a.pages, 0) AS pages,
        coalesce(a.runs, 0) AS runs,
        coalesce(a.errors, 0) AS errors,
        coalesce(a.errors_24h, 0) AS errors_24h,
