@@ -23,13 +23,32 @@ from typing import Any
 from dagster import DagsterEventType, EventLogEntry
 from dagster._serdes import ConfigurableClassData
 from dagster_postgres.event_log import PostgresEventLogStorage
-from dagster_postgres.utils import get_token_provider_from_config, pg_url_from_config
+from dagster_postgres.utils import create_pg_engine, get_token_provider_from_config, pg_url_from_config
 
 PLANNED = DagsterEventType.ASSET_MATERIALIZATION_PLANNED
+# A pooled connection is recycled after this long (a server restart or a dropped connection is caught sooner,
+# by the ping at checkout).
+POOL_RECYCLE_S = 1800
 
 
 class BatchedPlansEventLogStorage(PostgresEventLogStorage):
     """`PostgresEventLogStorage`, configured the same way (`postgres_url`, …)."""
+
+    # dagster-postgres's engine has no pool: every storage call connects anew, and a Postgres connection is a
+    # server process forked and authenticated, ~2 ms. The sensor daemon asks `has_dynamic_partition` once
+    # per key a sensor adds (10,000 connections, 30-40 s of the first tick at 10,000 accounts) and a run
+    # stores its events one connection each. This engine keeps one connection and opens more while calls
+    # overlap (unbounded, as without a pool; those are closed when returned), pinged at checkout. An
+    # instance's `dispose` (Dagster disposes every instance it builds) closes it.
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._engine = create_pg_engine(self.postgres_url, self._token_provider, isolation_level="AUTOCOMMIT",
+                                        pool_size=1, max_overflow=-1, pool_pre_ping=True,
+                                        pool_recycle=POOL_RECYCLE_S)
+
+    def dispose(self) -> None:
+        super().dispose()
+        self._engine.dispose()
 
     @classmethod
     def from_config_value(cls, inst_data: ConfigurableClassData | None,

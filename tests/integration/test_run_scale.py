@@ -121,3 +121,24 @@ def test_a_runs_planned_materializations_are_one_row_per_partition_written_at_on
     pg_instance.report_run_failed(run)
     status = pg_instance.get_status_by_partition(dg.AssetKey("dm_history"), keys[10:12], accounts_partitions)
     assert {str(s) for s in status.values()} == {"AssetPartitionStatus.FAILED"}
+
+
+def test_the_event_log_storage_reuses_its_connection_and_closes_it_with_the_instance(pg_instance) -> None:  # type: ignore[no-untyped-def]
+    from dm_pipeline.defs.partitions import accounts_partitions
+
+    storage = pg_instance.event_log_storage
+    keys = [f"acct-{i:03d}" for i in range(200)]
+    pg_instance.add_dynamic_partitions(accounts_partitions.name, keys[:100])
+    connects: list[int] = []
+    listener = lambda *args: connects.append(1)  # noqa: E731
+    event.listen(storage._engine, "connect", listener)
+    try:
+        # What the sensor daemon asks of each key a sensor's AddDynamicPartitionsRequest carries.
+        known = [pg_instance.has_dynamic_partition(accounts_partitions.name, k) for k in keys]
+    finally:
+        event.remove(storage._engine, "connect", listener)
+    assert known == [True] * 100 + [False] * 100
+    assert len(connects) <= 1                                    # not a connection per key (200)
+    assert storage._engine.pool.checkedin() == 1
+    pg_instance.dispose()
+    assert storage._engine.pool.checkedin() == 0                 # the instance holds no connection after
