@@ -75,49 +75,73 @@ def gap_suspected(engine: Engine, account_keys: list[str]) -> CheckOutcome:
 
 
 def redaction(engine: Engine, account_keys: list[str], run_id: str | None = None) -> CheckOutcome:
-    """No audit value equals or contains a stored message text (of 8 characters or more). Equality is
-    checked for every audit row of the accounts, containment for the strings the given run's rows hold
-    (cursors, error codes, endpoints, statuses; the ID and media arrays hold the provider's own IDs and
-    references, which are checked for equality).
+    """No audit value equals or contains a stored message text (of 8 characters or more), for every pair
+    the run could have made: each value of the run's audit rows (cursors, error codes, endpoints, statuses,
+    and the ID and media arrays) against every text of its accounts, and each text the run stored or changed
+    against every audit value of its account, whatever run wrote it. Containment is checked for the run's
+    strings (the arrays hold the provider's own IDs and references). A pair where both sides are older than
+    the run was checked by the runs that wrote them; `run_id` None checks every pair of the accounts (every
+    text counts as new), which `dm-pipeline` offers on demand.
 
-    Equality is a hash join on (account, value), so its cost is linear in texts + audit values; the old
-    form (one join on the account, then `md5(value) = md5(text) OR …` per pair) compared every text with
-    every audit value of its account, ~12 s per 50 accounts of 270 texts each. Containment is an equality
-    join too: a value contains a text only if it holds the text's first k characters (k the largest of 8,
-    16, 32, 64 not above the text's length) at some position, so each value yields its windows of those
-    sizes and only the texts whose prefix equals one are compared with `strpos`. Pairwise, over every
-    value of the run, a backfill compared every text with every ID of its account: 160 s for the 500
-    accounts of a run (125,000 texts x 210,000 values), hours for one account of 100,000 messages."""
+    Equality is a hash join on (account, value). Reading every audit row of the run's accounts, as the first
+    form did, cost 5-8 s per run of 1,000 accounts at 100 M audit rows (benchmarks/audit_scale.py), though a
+    no-op tick changes no text; now only the accounts with a text new in the run have their audit rows read.
+    Containment is an equality join too: a value contains a text only if it holds the text's first k
+    characters (k the largest of 8, 16, 32, 64 not above the text's length) at some position, so each value
+    yields its windows of those sizes and only the texts whose prefix equals one are compared with `strpos`
+    (pairwise, a backfill of 500 accounts compared 125,000 texts with 210,000 values: 160 s)."""
     sql = text("""
         WITH texts AS MATERIALIZED (
-            SELECT account_key, message_id, text FROM dm_private.dm_history
+            SELECT account_key, message_id, text, created_at, (:run = '' OR last_changed_run_id = :run) AS new
+            FROM dm_private.dm_history
             WHERE account_key = ANY(:keys) AND length(text) >= 8),
-        audit_values AS MATERIALIZED (
-            SELECT a.account_key, a.run_id, v
-            FROM dm_audit.dm_sync_audit a,
-                 LATERAL unnest(ARRAY[a.cursor_in, a.cursor_out, a.error_code, a.endpoint, a.job_status]
-                                || a.message_ids || a.media_refs || a.unchanged_ids) AS v
-            WHERE a.account_key = ANY(:keys) AND length(v) >= 8    -- shorter ones can neither equal nor contain
-              -- only rows with a provider's value: pages, a provider's error code, a parked job's cursor (a
-              -- no-op job row holds only our own status); partial indexes read just those (architecture §14)
-              AND (a.row_kind = 'page' OR a.error_code IS NOT NULL
-                   OR (a.row_kind = 'job' AND a.cursor_out IS NOT NULL))),
+        run_rows AS MATERIALIZED (
+            SELECT a.account_key, a.cursor_in, a.cursor_out, a.error_code, a.endpoint, a.job_status,
+                   a.message_ids, a.media_refs, a.unchanged_ids
+            FROM dm_audit.dm_sync_audit a WHERE a.run_id = :run AND a.account_key = ANY(:keys)),
         run_values AS MATERIALIZED (
-            SELECT a.account_key, v
-            FROM dm_audit.dm_sync_audit a,
-                 LATERAL unnest(ARRAY[a.cursor_in, a.cursor_out, a.error_code, a.endpoint, a.job_status]) AS v
-            WHERE a.account_key = ANY(:keys) AND a.run_id = :run AND length(v) >= 8),
+            SELECT r.account_key, v FROM run_rows r,
+                 LATERAL unnest(ARRAY[r.cursor_in, r.cursor_out, r.error_code, r.endpoint, r.job_status]
+                                || r.message_ids || r.media_refs || r.unchanged_ids) AS v
+            WHERE length(v) >= 8),
+        changed AS MATERIALIZED (   -- the accounts whose texts the run changed, and since when to look: no
+            -- audit row older than a message can hold its text (a day's margin for the provider's clock)
+            SELECT account_key, CASE WHEN bool_or(created_at IS NULL) THEN CAST('-infinity' AS timestamptz)
+                                     ELSE min(created_at) - interval '1 day' END AS since
+            FROM texts WHERE new GROUP BY account_key),
+        older_values AS MATERIALIZED (   -- per account (LATERAL: its index scans, its months only)
+            SELECT c.account_key, v
+            FROM changed c,
+                 LATERAL (SELECT ARRAY[a.cursor_in, a.cursor_out, a.error_code, a.endpoint, a.job_status]
+                                 || a.message_ids || a.media_refs || a.unchanged_ids AS vs
+                          FROM dm_audit.dm_sync_audit a
+                          WHERE a.account_key = c.account_key AND a.finished_at >= c.since
+                            -- only rows with a provider's value: pages, a provider's error code, a parked
+                            -- job's cursor (a no-op job row holds only our own status); partial indexes read
+                            -- just those (architecture §14)
+                            AND (a.row_kind = 'page' OR a.error_code IS NOT NULL
+                                 OR (a.row_kind = 'job' AND a.cursor_out IS NOT NULL))
+                          OFFSET 0) AS a,   -- kept a subquery per account, not flattened into a hash join
+                 LATERAL unnest(a.vs) AS v
+            WHERE length(v) >= 8),
+        run_strings AS MATERIALIZED (
+            SELECT r.account_key, v FROM run_rows r,
+                 LATERAL unnest(ARRAY[r.cursor_in, r.cursor_out, r.error_code, r.endpoint, r.job_status]) AS v
+            WHERE length(v) >= 8),
         windows AS MATERIALIZED (
-            SELECT rv.account_key, rv.v, k, substr(rv.v, s, k) AS w
-            FROM run_values rv, unnest(ARRAY[8, 16, 32, 64]) AS k, generate_series(1, length(rv.v) - k + 1) AS s),
-        prefixes AS MATERIALIZED (   -- of the texts short enough to be inside one of the run's values
+            SELECT rs.account_key, rs.v, k, substr(rs.v, s, k) AS w
+            FROM run_strings rs, unnest(ARRAY[8, 16, 32, 64]) AS k, generate_series(1, length(rs.v) - k + 1) AS s),
+        prefixes AS MATERIALIZED (   -- of the texts short enough to be inside one of the run's strings
             SELECT account_key, message_id, text, b.k, left(text, b.k) AS p
             FROM texts, LATERAL (SELECT CASE WHEN length(text) >= 64 THEN 64 WHEN length(text) >= 32 THEN 32
                                              WHEN length(text) >= 16 THEN 16 ELSE 8 END AS k) AS b
-            WHERE length(text) <= (SELECT max(length(v)) FROM run_values))
+            WHERE length(text) <= (SELECT max(length(v)) FROM run_strings))
         SELECT DISTINCT message_id FROM (
-            SELECT t.message_id FROM audit_values av
-            JOIN texts t ON t.account_key = av.account_key AND t.text = av.v
+            SELECT t.message_id FROM run_values rv
+            JOIN texts t ON t.account_key = rv.account_key AND t.text = rv.v
+            UNION ALL
+            SELECT t.message_id FROM older_values ov
+            JOIN texts t ON t.account_key = ov.account_key AND t.text = ov.v AND t.new
             UNION ALL
             SELECT t.message_id FROM windows x
             JOIN prefixes t ON t.account_key = x.account_key AND t.k = x.k AND t.p = x.w

@@ -7,7 +7,8 @@ counts, codes and statuses: never message text, and never a secret except the si
 
 One module per concern: common.py (consoles, error handling), pipeline.py (run, dev, sync),
 database.py (db), accounts_file.py (accounts list | validate), status_report.py (status), privacy.py
-(export, erase), simulation.py (simulator), oauth_tokens.py (accounts connect, oauth), audit.py (audit prune).
+(export, erase), simulation.py (simulator), oauth_tokens.py (accounts connect, oauth), audit.py (audit prune,
+audit redaction).
 This module holds the `main` group and registers them, in the order `--help` has always listed them.
 """
 

@@ -52,3 +52,38 @@ def prune(retention_months: int | None, dry_run: bool) -> None:
         out.print(f"keep {name}: {why}")
     if not (report.created or report.rolled_up or report.dropped or report.kept):
         out.print("nothing to do")
+
+
+REDACTION_CHUNK = 200  # accounts per query of the full check
+
+
+@audit.command("redaction", context_settings=CONTEXT, short_help="Check every audit value against every text.")
+@click.argument("account_keys", nargs=-1, metavar="[KEY]...")
+@friendly_errors
+def redaction(account_keys: tuple[str, ...]) -> None:
+    """Check that no audit value equals a stored message text, over every pair, whatever run wrote either
+    side: the full form of the `redaction` asset check, which each run makes for the pairs it could have
+    made (its own audit rows, and the texts it stored or changed). For the given accounts, else every account
+    with stored state. Prints message IDs only, never text; exits 1 when a value equals a text.
+
+    \b
+    Example: dm-pipeline audit redaction
+    """
+    from sqlalchemy import text
+
+    from dm_pipeline import checks, preflight
+
+    settings = _settings()
+    engine = preflight.database(settings)
+    preflight.ensure_schema(engine, settings, migrate=False)
+    keys = list(account_keys)
+    if not keys:
+        with engine.connect() as conn:
+            keys = list(conn.scalars(text("SELECT DISTINCT account_key FROM dm_private.sync_state ORDER BY 1")))
+    leaks: list[str] = []
+    for i in range(0, len(keys), REDACTION_CHUNK):
+        leaks += checks.redaction(engine, keys[i:i + REDACTION_CHUNK]).metadata["leaking_message_ids"]
+    if leaks:
+        out.print(f"redaction: FAILED, {len(leaks)} message(s) whose text an audit value holds: {', '.join(leaks)}")
+        raise SystemExit(1)
+    out.print(f"redaction: passed for {len(keys)} account(s)")

@@ -129,6 +129,18 @@ def test_the_redaction_check_catches_a_text_in_the_audit(engine, db_url, sim, ac
     outcome = checks.redaction(engine, [account.key])
     assert not outcome.passed and len(outcome.metadata["leaking_message_ids"]) >= 1
     assert checks.reconciliation(engine, [account.key]).passed
+    # The command's full check finds it too, and names the message, never its text.
+    from tests.integration.test_cli_errors import cli
+
+    with engine.connect() as conn:
+        leaked = conn.scalar(text("SELECT cursor_in FROM dm_audit.dm_sync_audit WHERE audit_id = (SELECT "
+                                  "min(audit_id) FROM dm_audit.dm_sync_audit)"))
+    proc = cli("audit", "redaction", env={"DATABASE_URL": db_url})
+    assert proc.returncode == 1, proc.stderr
+    assert "FAILED" in proc.stdout and outcome.metadata["leaking_message_ids"][0] in proc.stdout
+    assert leaked not in proc.stdout + proc.stderr
+    proc = cli("audit", "redaction", "no-such-account", env={"DATABASE_URL": db_url})
+    assert proc.returncode == 0 and "passed for 1 account" in proc.stdout, proc.stderr
 
 
 def test_the_redaction_check_finds_a_text_inside_a_value_of_the_run(engine, sim, accounts_file) -> None:  # type: ignore[no-untyped-def]
@@ -163,11 +175,19 @@ def test_the_redaction_check_finds_a_text_inside_a_value_of_the_run(engine, sim,
     found = checks.redaction(engine, [account.key], run_id).metadata["leaking_message_ids"]
     assert sorted(found) == sorted(leaks)
     assert checks.redaction(engine, [account.key], "another-run").passed  # containment: the run's values only
-    with engine.begin() as conn:  # an ID array element equal to a text: equality, whatever the run
+    first_id, first_text = next(iter(leaks.items()))
+    with engine.begin() as conn:  # an ID array element equal to a text: equality
         conn.execute(text("UPDATE dm_audit.dm_sync_audit SET message_ids = message_ids || CAST(:t AS text) "
                           "WHERE audit_id = (SELECT max(audit_id) FROM dm_audit.dm_sync_audit WHERE run_id = :r)"),
-                     {"t": next(iter(leaks.values())), "r": run_id})
-    assert checks.redaction(engine, [account.key], "another-run").metadata["leaking_message_ids"] == [next(iter(leaks))]
+                     {"t": first_text, "r": run_id})
+    assert checks.redaction(engine, [account.key]).metadata["leaking_message_ids"] == [first_id]  # every pair
+    # A run that neither wrote the value nor changed the text is not asked about the pair; a later run that
+    # stores the text again is, against that older value.
+    assert checks.redaction(engine, [account.key], "another-run").passed
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE dm_private.dm_history SET last_changed_run_id = 'later-run' "
+                          "WHERE account_key = :k AND message_id = :m"), {"k": account.key, "m": first_id})
+    assert checks.redaction(engine, [account.key], "later-run").metadata["leaking_message_ids"] == [first_id]
 
 
 def test_the_schedule_requests_one_run_per_chunk_of_accounts() -> None:
