@@ -74,6 +74,26 @@ def gap_suspected(engine: Engine, account_keys: list[str]) -> CheckOutcome:
     return CheckOutcome(not rows, {"streams_with_gap": [f"{r['account_key']}/{r['stream_key']}" for r in rows]})
 
 
+# The audit's string columns that hold a provider's value or ours; the arrays follow them in `_values`.
+_AUDIT_STRINGS = ("cursor_in", "cursor_out", "error_code", "endpoint", "job_status")
+_AUDIT_ARRAYS = ("message_ids", "media_refs", "unchanged_ids")
+
+
+def _strings(alias: str) -> str:
+    """`ARRAY[a.cursor_in, ...]`: one audit row's string values, as an SQL array."""
+    return "ARRAY[" + ", ".join(f"{alias}.{c}" for c in _AUDIT_STRINGS) + "]"
+
+
+def _columns(alias: str) -> str:
+    """`a.cursor_in, ..., a.unchanged_ids`: the columns `_values` reads."""
+    return ", ".join(f"{alias}.{c}" for c in _AUDIT_STRINGS + _AUDIT_ARRAYS)
+
+
+def _values(alias: str) -> str:
+    """Every value of one audit row (its strings, then its ID and media arrays), as an SQL array."""
+    return " || ".join([_strings(alias), *(f"{alias}.{c}" for c in _AUDIT_ARRAYS)])
+
+
 def redaction(engine: Engine, account_keys: list[str], run_id: str | None = None) -> CheckOutcome:
     """No audit value equals or contains a stored message text (of 8 characters or more), for every pair
     the run could have made: each value of the run's audit rows (cursors, error codes, endpoints, statuses,
@@ -90,19 +110,17 @@ def redaction(engine: Engine, account_keys: list[str], run_id: str | None = None
     characters (k the largest of 8, 16, 32, 64 not above the text's length) at some position, so each value
     yields its windows of those sizes and only the texts whose prefix equals one are compared with `strpos`
     (pairwise, a backfill of 500 accounts compared 125,000 texts with 210,000 values: 160 s)."""
-    sql = text("""
+    sql = text(f"""
         WITH texts AS MATERIALIZED (
             SELECT account_key, message_id, text, created_at, (:run = '' OR last_changed_run_id = :run) AS new
             FROM dm_private.dm_history
             WHERE account_key = ANY(:keys) AND length(text) >= 8),
         run_rows AS MATERIALIZED (
-            SELECT a.account_key, a.cursor_in, a.cursor_out, a.error_code, a.endpoint, a.job_status,
-                   a.message_ids, a.media_refs, a.unchanged_ids
+            SELECT a.account_key, {_columns("a")}
             FROM dm_audit.dm_sync_audit a WHERE a.run_id = :run AND a.account_key = ANY(:keys)),
         run_values AS MATERIALIZED (
             SELECT r.account_key, v FROM run_rows r,
-                 LATERAL unnest(ARRAY[r.cursor_in, r.cursor_out, r.error_code, r.endpoint, r.job_status]
-                                || r.message_ids || r.media_refs || r.unchanged_ids) AS v
+                 LATERAL unnest({_values("r")}) AS v
             WHERE length(v) >= 8),
         changed AS MATERIALIZED (   -- the accounts whose texts the run changed, and since when to look: no
             -- audit row older than a message can hold its text (a day's margin for the provider's clock)
@@ -112,8 +130,7 @@ def redaction(engine: Engine, account_keys: list[str], run_id: str | None = None
         older_values AS MATERIALIZED (   -- per account (LATERAL: its index scans, its months only)
             SELECT c.account_key, v
             FROM changed c,
-                 LATERAL (SELECT ARRAY[a.cursor_in, a.cursor_out, a.error_code, a.endpoint, a.job_status]
-                                 || a.message_ids || a.media_refs || a.unchanged_ids AS vs
+                 LATERAL (SELECT {_values("a")} AS vs
                           FROM dm_audit.dm_sync_audit a
                           WHERE a.account_key = c.account_key AND a.finished_at >= c.since
                             -- only rows with a provider's value: pages, a provider's error code, a parked
@@ -126,7 +143,7 @@ def redaction(engine: Engine, account_keys: list[str], run_id: str | None = None
             WHERE length(v) >= 8),
         run_strings AS MATERIALIZED (
             SELECT r.account_key, v FROM run_rows r,
-                 LATERAL unnest(ARRAY[r.cursor_in, r.cursor_out, r.error_code, r.endpoint, r.job_status]) AS v
+                 LATERAL unnest({_strings("r")}) AS v
             WHERE length(v) >= 8),
         windows AS MATERIALIZED (
             SELECT rs.account_key, rs.v, k, substr(rs.v, s, k) AS w
