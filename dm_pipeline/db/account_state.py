@@ -253,6 +253,11 @@ def _transaction(bind: Engine | Connection) -> Iterator[Connection]:
         yield conn
 
 
+# Prepared on the driver, like the state read between them (writes.driver_execute): three per stream.
+_TRY_LOCK = "SELECT pg_try_advisory_lock(hashtextextended(%(k)s, 0))"
+_UNLOCK = "SELECT pg_advisory_unlock(hashtextextended(%(k)s, 0))"
+
+
 @contextmanager
 def stream_session(engine: Engine, account_key: str, stream_key: str) -> Iterator[tuple[bool, Connection]]:
     """`writes.stream_lock` (the same session-level advisory lock and key, which erase.py takes too), also
@@ -260,10 +265,10 @@ def stream_session(engine: Engine, account_key: str, stream_key: str) -> Iterato
     stream ran, one round trip each, and a stream checks out one pooled connection for the three."""
     key = {"k": f"dm_pipeline:{account_key}:{stream_key}"}
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        got = bool(conn.scalar(text("SELECT pg_try_advisory_lock(hashtextextended(:k, 0))"), key))
+        got = bool(writes.driver_execute(conn, _TRY_LOCK, key)[0])
         try:
             yield got, conn
         finally:
             if got:  # (a session that is gone took its lock along: keep the error that got us here)
                 with suppress(OperationalError, InterfaceError):
-                    conn.execute(text("SELECT pg_advisory_unlock(hashtextextended(:k, 0))"), key)
+                    writes.driver_execute(conn, _UNLOCK, key)
