@@ -10,7 +10,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 from psycopg.rows import RowFactory, dict_row, tuple_row
@@ -180,7 +180,8 @@ def driver_execute(conn: Connection, sql: str, params: dict[str, Any],
     """Run a fixed statement, prepared server-side, on the psycopg connection of `conn` (the per-page and
     per-stream paths: SQLAlchemy's statement building is most of their client CPU, ~0.15 ms a statement).
     Returns the first row (a tuple, or what `row_factory` makes), if any. Errors come out as SQLAlchemy's,
-    as if run through `conn`."""
+    as if run through `conn`: a lost server also invalidates `conn`, so that the pool discards it instead of
+    resetting it (a rollback on a dead socket, logged with its traceback)."""
     pg = conn.connection.driver_connection
     assert pg is not None
     try:
@@ -188,7 +189,10 @@ def driver_execute(conn: Connection, sql: str, params: dict[str, Any],
             cur.execute(sql, params, prepare=True)
             return cur.fetchone() if cur.description else None
     except psycopg.Error as exc:
-        raise DBAPIError.instance(sql, None, exc, psycopg.Error) from None
+        lost = conn.dialect.is_disconnect(cast(Any, exc), pg, None)  # (typed for an abstract DB-API module)
+        if lost:
+            conn.invalidate(exc)
+        raise DBAPIError.instance(sql, None, exc, psycopg.Error, connection_invalidated=lost) from None
 
 
 def insert_audit(conn: Connection, account: Account, stream: Stream, entry: AuditEntry, inserted: int = 0,
