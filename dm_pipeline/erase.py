@@ -92,7 +92,7 @@ def plan(conn: Connection, account_key: str) -> Erasure:
 
 
 def _lock_streams(conn: Connection, account_key: str) -> None:
-    # Same keys as db.writes.stream_lock, taken for this transaction only: a running sync holds its
+    # Same keys as db.writes.stream_session, taken for this transaction only: a running sync holds its
     # stream's lock for the whole pass, and must not commit a page into an account being erased.
     streams = conn.scalars(select(sync_state.c.stream_key).where(sync_state.c.account_key == account_key)).all()
     for stream_key in streams:

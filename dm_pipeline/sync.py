@@ -22,7 +22,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from dm_pipeline.committer import PageCommitter
 from dm_pipeline.db import writes
-from dm_pipeline.db.account_state import AccountGovernor, AccountSnapshot, stream_session
+from dm_pipeline.db.account_state import AccountGovernor, AccountSnapshot
 from dm_pipeline.db.deletions import SweepJudge
 from dm_pipeline.db.writes import AuditEntry, PageWrite, StreamState
 from dm_pipeline.errors import (
@@ -168,7 +168,7 @@ def _sync_stream(engine: Engine, client: ProviderClient, stream: Stream, run_id:
                                     max_wait_s=limits.max_wait_s)
     res = StreamResult(account_key=account.key, stream_key=stream.key)
     started = writes.utcnow()
-    with stream_session(engine, account.key, stream.key) as (locked, session):
+    with writes.stream_session(engine, account.key, stream.key) as (locked, session):
         if not locked:
             res.status = StreamStatus.SKIPPED_LOCKED
             writes.finish_stream(engine, account, stream, None, AuditEntry(

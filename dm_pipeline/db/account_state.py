@@ -7,13 +7,12 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, text
-from sqlalchemy.exc import InterfaceError, OperationalError
 
 from dm_pipeline.db import writes
 from dm_pipeline.db.tables import sync_state
@@ -251,24 +250,3 @@ def _transaction(bind: Engine | Connection) -> Iterator[Connection]:
         return
     with bind.begin() as conn:
         yield conn
-
-
-# Prepared on the driver, like the state read between them (writes.driver_execute): three per stream.
-_TRY_LOCK = "SELECT pg_try_advisory_lock(hashtextextended(%(k)s, 0))"
-_UNLOCK = "SELECT pg_advisory_unlock(hashtextextended(%(k)s, 0))"
-
-
-@contextmanager
-def stream_session(engine: Engine, account_key: str, stream_key: str) -> Iterator[tuple[bool, Connection]]:
-    """`writes.stream_lock` (the same session-level advisory lock and key, which erase.py takes too), also
-    yielding its connection, in autocommit: the stream's state is read over it, and re-read after the
-    stream ran, one round trip each, and a stream checks out one pooled connection for the three."""
-    key = {"k": f"dm_pipeline:{account_key}:{stream_key}"}
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        got = bool(writes.driver_execute(conn, _TRY_LOCK, key)[0])
-        try:
-            yield got, conn
-        finally:
-            if got:  # (a session that is gone took its lock along: keep the error that got us here)
-                with suppress(OperationalError, InterfaceError):
-                    writes.driver_execute(conn, _UNLOCK, key)

@@ -7,14 +7,14 @@ here too, as before (tests and benchmarks use some of the private ones).
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, cast
 
 import psycopg
 from psycopg.rows import RowFactory, dict_row, tuple_row
-from sqlalchemy import Connection, Engine, func, select, text
+from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, StatementError
 
@@ -52,7 +52,7 @@ __all__ = [
     "_event_json", "_json_default", "_json_text", "_nonempty_array", "_page_params", "_state_params", "_text_array",
     "_users_param",
     "commit_pages", "connection_lost", "finish_stream", "insert_audit", "page_json", "prepare_page", "read_state",
-    "read_states", "stream_lock", "upsert_side_data", "utcnow", "write_state",
+    "read_states", "stream_lock", "stream_session", "upsert_side_data", "utcnow", "write_state",
 ]
 
 
@@ -335,23 +335,33 @@ def finish_stream(engine: Engine, account: Account, stream: Stream, state: Strea
         insert_audit(conn, account, stream, audit)
 
 
+# The stream's lock, prepared on the driver like the state read between them (driver_execute).
+_TRY_LOCK = "SELECT pg_try_advisory_lock(hashtextextended(%(k)s, 0))"
+_UNLOCK = "SELECT pg_advisory_unlock(hashtextextended(%(k)s, 0))"
+
+
+@contextmanager
+def stream_session(engine: Engine, account_key: str, stream_key: str) -> Iterator[tuple[bool, Connection]]:
+    """A session-level advisory lock per account x stream (erase.py takes the same key), held on its own
+    connection for the pass, in autocommit; yields whether it was got, and the connection: the stream's
+    state is read over it, and re-read after the stream ran, so a stream checks out one pooled connection
+    for the three. A killed process's lock dies with its session."""
+    key = {"k": f"dm_pipeline:{account_key}:{stream_key}"}
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        got = bool(driver_execute(conn, _TRY_LOCK, key)[0])
+        try:
+            yield got, conn
+        finally:
+            if got:  # (a session that is gone took its lock along: keep the error that got us here)
+                with suppress(OperationalError, InterfaceError):
+                    driver_execute(conn, _UNLOCK, key)
+
+
 @contextmanager
 def stream_lock(engine: Engine, account_key: str, stream_key: str) -> Iterator[bool]:
-    """A session-level advisory lock per account x stream, held on its own connection for the pass.
-    Yields False when another run holds it. A killed process's lock dies with its session."""
-    with engine.connect() as conn:
-        key = f"dm_pipeline:{account_key}:{stream_key}"
-        got = bool(conn.scalar(text("SELECT pg_try_advisory_lock(hashtextextended(:k, 0))"), {"k": key}))
-        conn.commit()
-        try:
-            yield got
-        finally:
-            if got:
-                try:
-                    conn.execute(text("SELECT pg_advisory_unlock(hashtextextended(:k, 0))"), {"k": key})
-                    conn.commit()
-                except (OperationalError, InterfaceError):
-                    pass  # the session is gone, and its lock with it; keep the error that got us here
+    """`stream_session`'s lock alone: False when another run holds it."""
+    with stream_session(engine, account_key, stream_key) as (got, _):
+        yield got
 
 
 def utcnow() -> datetime:
